@@ -1,0 +1,70 @@
+"""The code-augmented chain-of-thought step format (rstar_reference.md §3).
+
+One tree node holds the text of one step up to and including its stop tag. Code
+steps end in `<end_of_step>`; the last code step ends in `<end_of_code>` and gets
+`"\n<output>{obs}<end_of_output>"` appended; the answer step ends in `<end_of_answer>`.
+"""
+
+from __future__ import annotations
+
+CODE = "<code>"
+END_OF_STEP = "<end_of_step>"
+END_OF_CODE = "<end_of_code>"
+OUTPUT = "<output>"
+END_OF_OUTPUT = "<end_of_output>"
+ANSWER = "<answer>"
+END_OF_ANSWER = "<end_of_answer>"
+USER = "<|user|>"
+ASSISTANT = "<|assistant|>"
+
+# Tags that end one step: the generation engine stops on any of them.
+STOP_TAGS = (END_OF_STEP, END_OF_CODE, END_OF_ANSWER)
+# Added to the tokenizer as special tokens (reference SFT/PPM tokenizers, §3.2).
+SPECIAL_TOKENS = (CODE, END_OF_STEP, END_OF_CODE, OUTPUT, END_OF_OUTPUT, ANSWER,
+                  END_OF_ANSWER, USER, ASSISTANT)
+
+# The reference's SFT-model prompt (few_shots/sft_prompt.json). The reference puts
+# "\n\n" before <|assistant|> at search time but "\n" in SFT training and PPM prefixes;
+# we use one newline everywhere so search sees exactly the training distribution.
+PROMPT_TEMPLATE = (USER + ":\n{question}\n" + ASSISTANT
+                   + ": Let's think step by step and solve the problem with code.")
+# The reference's search-time form, for exact comparison against its dumps.
+REFERENCE_SEARCH_PROMPT_TEMPLATE = (USER + ":\n{question}\n\n" + ASSISTANT
+                                    + ": Let's think step by step and solve the problem with code.")
+
+
+def build_prompt(question: str, *, reference_newlines: bool = False) -> str:
+    """The policy/PPM prompt for one question; steps so far are appended with no separator."""
+    template = REFERENCE_SEARCH_PROMPT_TEMPLATE if reference_newlines else PROMPT_TEMPLATE
+    return template.format(question=question.strip())
+
+
+def is_answer_step(step_text: str) -> bool:
+    """A step containing "boxed" is a final-answer step (reference §3.3)."""
+    return "boxed" in step_text
+
+
+def extract_program(text: str) -> str:
+    """Python source in a concatenation of code steps (reference §3.4 `extract_program`).
+
+    `<end_of_step>` markers are dropped; lines after a line containing `<code>` and before
+    `<end_of_code>` are kept. Without any `<code>` line the whole text is the program.
+    """
+    text = text.replace(END_OF_STEP, "")
+    lines = text.split("\n")
+    start = None
+    for i, line in enumerate(lines):
+        if CODE in line:
+            start = i
+            break
+    if start is None:
+        body = lines
+    else:
+        body = [lines[start].split(CODE, 1)[1]] + lines[start + 1:]
+    program = []
+    for line in body:
+        if END_OF_CODE in line:
+            program.append(line.split(END_OF_CODE, 1)[0])
+            break
+        program.append(line)
+    return "\n".join(program).strip("\n")
