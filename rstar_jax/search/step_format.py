@@ -68,3 +68,31 @@ def extract_program(text: str) -> str:
             break
         program.append(line)
     return "\n".join(program).strip("\n")
+
+
+def split_stop_tag(step_text: str) -> tuple[str, str]:
+    """(text without its stop tag, the stop tag or "" when generation hit its token limit).
+
+    The reference keys duplicate detection on the text without the tag (vLLM's
+    `output.text`) and answer collapse on the tag alone (rstar_reference.md §9.1-9.2).
+    """
+    for tag in STOP_TAGS:
+        if step_text.endswith(tag):
+            return step_text[: -len(tag)], tag
+    return step_text, ""
+
+
+def wrap_output(observation: str) -> str:
+    """A code result as the model sees it after `<end_of_code>` (§3.5)."""
+    return f"{OUTPUT}{observation}{END_OF_OUTPUT}"
+
+
+def assemble_program(history: list[str], step_text: str) -> str:
+    """The program to run for a new code step: earlier code steps of the same block + this one.
+
+    `history` holds the code-step texts (without appended outputs) from the start of the
+    current code block to the parent, root side first; the block starts after the last
+    node whose text holds `<end_of_code>` or `<end_of_output>` (the reference's
+    `collect_action_inputs`, §3.4). The whole program is re-run at every step.
+    """
+    return extract_program("".join(history) + step_text)
