@@ -26,14 +26,15 @@ import math
 import os
 from typing import Any, Iterable, Iterator
 
+# Terminal markers written into `final_answer` (the reference's constants.py, byte for
+# byte); the search writes them, so we take them from there.
+from rstar_jax.search.host_tree import (INVALID_TERMINALS, NO_VALID_CHILD,  # noqa: F401
+                                        TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS)
+
 ROOT_TAG = "0"
 
-# Terminal markers written into `final_answer` by the reference search (constants.py);
-# the misspelling "sove" is the reference's and must match byte for byte.
-TOO_MANY_CODE_ERRORS = "Too many consecutive steps have code errors."
-TOO_MANY_STEPS = "Fail to sove the problem within limited steps."
-NO_VALID_CHILD = "Fail to generate parsable text for next step."
-INVALID_TERMINALS = (NO_VALID_CHILD, TOO_MANY_STEPS, TOO_MANY_CODE_ERRORS)
+# Step beam search dumps carry a non-node "solutions" entry beside the tags (§4.1).
+NON_NODE_KEYS = frozenset({"solutions"})
 
 # The reference rebuilds a tree by probing child tags `parent.k` for k < 64 * 16
 # (extra_sft_file.py / extra_rm_file.py, b1 * b2); children beyond that are never seen
@@ -84,8 +85,9 @@ class TreeNode:
 class TreeRecord:
     """One problem's tree with its question and gold answer.
 
-    `answer` is a string, or a tuple of strings when the dump lists several accepted
-    answers (the reference grader accepts a list of ground truths, §5). `source` is
+    `answer` is a string, a tuple of strings when the dump lists several accepted
+    answers (the reference grader accepts a list of ground truths, §5), or None when
+    the dump has no gold answer (inference runs). `source` is
     `"file:line"` for error messages and provenance.
     """
 
@@ -177,6 +179,8 @@ def build_tree(nodes: Any, where: str = "<memory>") -> TreeNode:
         raise TreeFormatError(f"{where}: tree has no root node tagged '0'")
     children_of: dict[str, list[tuple[int, str]]] = {}
     for tag, fields in nodes.items():
+        if tag in NON_NODE_KEYS:
+            continue
         parts = _parse_tag(tag, where)
         _check_node(tag, fields, where)
         if tag == ROOT_TAG:
@@ -231,9 +235,8 @@ def parse_tree_record(obj: Any, where: str = "<memory>") -> TreeRecord:
         raise TreeFormatError(f"{where}: missing field 'question' (or 'query')")
     if not isinstance(question, str):
         raise TreeFormatError(f"{where}: field 'question' must be a string, got {question!r}")
-    if "answer" not in obj:
-        raise TreeFormatError(f"{where}: missing field 'answer' (the gold answer)")
-    answer = _normalize_answer(obj["answer"], where)
+    # Inference dumps may have no gold answer; SFT selection refuses those (it grades).
+    answer = _normalize_answer(obj.get("answer"), where)
     return TreeRecord(question=question, answer=answer, root=build_tree(nodes, where),
                       source=where)
 

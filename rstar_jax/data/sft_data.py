@@ -62,10 +62,8 @@ def _default_grader() -> Grader:
     return math_equal
 
 
-def _is_correct(pred: str, gold: str | tuple[str, ...] | None, grader: Grader) -> bool:
+def _is_correct(pred: str, gold: str | tuple[str, ...], grader: Grader) -> bool:
     """Grade `pred` against one gold answer or any of several (reference §5)."""
-    if gold is None:
-        return False
     golds = gold if isinstance(gold, tuple) else (gold,)
     return any(grader(pred, g) for g in golds)
 
@@ -80,6 +78,9 @@ def extract_traces(record: TreeRecord, grader: Grader | None = None) -> list[Tra
     grader = grader or _default_grader()
     if not any(is_valid_answer_leaf(n) for n in iter_nodes(record.root)):
         return []
+    if record.answer is None:
+        raise ValueError(f"{record.source}: field 'answer' is missing; SFT selection "
+                         "grades answer leaves against the gold answer")
     correct, wrong = [], []
     for path in root_to_leaf_paths(record.root):
         leaf = path[-1]
