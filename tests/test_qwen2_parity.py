@@ -43,3 +43,18 @@ def test_bf16_logits_within_bf16_tolerance(tmp_path):
     our_err = np.abs(ours - truth)[real].max()
     assert our_err <= 2.0 * torch_err + 1e-3, (our_err, torch_err)
     assert our_err < 0.05 * np.abs(truth).max()
+
+
+def test_layer_stack_is_scanned_so_program_size_does_not_grow_with_depth():
+    import jax
+    from rstar_jax.models import Qwen2Config, Qwen2ForCausalLM, forward_logits, params_of
+
+    def program_size(layers):
+        cfg = Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=32,
+                          num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1)
+        params = params_of(Qwen2ForCausalLM(cfg))
+        ids = jnp.zeros((1, 4), jnp.int32)
+        return len(jax.jit(lambda p, x: forward_logits(p, cfg, x)).lower(params, ids).as_text())
+
+    small, deep = program_size(2), program_size(12)
+    assert abs(deep - small) < 0.02 * small
