@@ -1,0 +1,397 @@
+"""Sandboxed Python executor for model-written code steps (rstar_reference.md §3.4-3.5).
+
+`PythonExecutor(...).run(programs) -> list[ExecResult]` runs a batch of whole
+cumulative programs (the search replays every code step so far, assembled with
+`rstar_jax.search.step_format.extract_program`) and returns, for each, the
+observation the reference's `PythonInterpreter` would produce (semantics in
+`program_runner`) plus whether the step failed.
+
+Unlike the reference, which `exec`s model code inside its own pool processes with
+only a signal timeout, model code never runs in the main process nor in a long-lived
+worker. The layers, from the outside in, and what each guards against:
+
+1. Worker pool (`_zygote.py`): `num_workers` long-lived processes started with
+   `python -I` (no user site, no PYTHONPATH), a scrubbed environment (only PATH,
+   LANG, thread-count variables and a fixed PYTHONHASHSEED: the parent's secrets
+   are never inherited) and their own session. They pre-import math, sympy, numpy
+   and scipy once and fork one child per program, so each program starts warm and in
+   a fresh namespace and address space: no state can leak between programs. A worker
+   that dies (or hangs past its watchdog) is killed and replaced; the program it was
+   running reports a `SandboxError` (not cached) and the batch goes on.
+2. Per-program process: own session and process group (one SIGKILL to the group ends
+   it and anything it started), PR_SET_PDEATHSIG (it dies with its worker), only its
+   result pipe left open, a private temporary working directory (HOME and TMPDIR point
+   there) that is deleted afterwards, a wall-clock timeout enforced by the worker.
+3. Kernel confinement (`sandbox.py`): rlimits (address space, CPU, file size, open
+   files, no core dumps), all capabilities dropped, a seccomp filter (no fork/exec,
+   no signals to other processes, no network sockets, no ptrace), and Landlock
+   (writes only in the private directory, reads only of the Python installation and
+   system libraries, no TCP, signals scoped). Each kernel layer is skipped gracefully
+   where the platform lacks it; bubblewrap or containers are not required.
+4. Output shaping (`program_runner.py`): a cap on bytes written to stdout/stderr and
+   on the returned text, so a flood cannot exhaust memory or bloat trees on disk.
+
+Results are cached by exact program text (bounded LRU): tree search re-executes the
+same prefixes constantly, and the reference has no such cache (§2.11). Programs are
+deterministic in the sandbox (fixed hash seed; every child inherits the same random
+number generator state from its worker), so a cached result equals a re-run.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Sequence
+
+from rstar_jax.verify import _zygote
+
+# rstar_deepthink/tools/python_tool.py TIMEOUT_SECONDS; the reference wraps it in a
+# second 60 s timeout for the whole step (constants.TIMEOUT_SECONDS), §3.4.
+REFERENCE_TIMEOUT_S = 30.0
+DEFAULT_PRELOAD = ("math", "cmath", "fractions", "decimal", "itertools", "functools",
+                   "collections", "random", "statistics", "re", "sympy", "numpy", "scipy",
+                   "scipy.special", "scipy.optimize", "scipy.integrate", "scipy.linalg")
+# Time a worker gets, on top of the program timeout, before the main process assumes
+# the worker itself is stuck; and the time for a fresh worker to import its libraries.
+WATCHDOG_GRACE_S = 10.0
+STARTUP_TIMEOUT_S = 180.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecResult:
+    """What running one program gave.
+
+    output: the observation (at most about `max_result_chars` characters).
+    error: the step failed: the reference's rule, "error" in the output (any case),
+        §3.5, or the program did not end normally (timeout, crash, sys.exit, output
+        cap). Every output of the latter kind names an Error type, so `error` equals
+        the substring rule except for `SystemExit`/`KeyboardInterrupt` outputs.
+    timed_out: the wall-clock timeout killed the program.
+    raised: the program ended with an uncaught exception or did not end normally;
+        stricter than `error` (the reference does not count `Exception: x` as an error).
+    duration_s: wall-clock seconds in the worker, fork to cleanup (0.0 for a result
+        made by the main process, such as a dead worker).
+    """
+    output: str
+    error: bool
+    timed_out: bool = False
+    raised: bool = False
+    duration_s: float = 0.0
+
+
+def _scrubbed_env() -> dict[str, str]:
+    """The only environment a worker (and so a program) sees."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        # One BLAS/OpenMP thread: the pool is the parallelism, and a forked child
+        # must not inherit a thread pool it cannot use.
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "NUMEXPR_NUM_THREADS": "1",
+    }
+
+
+class _Worker:
+    """Main-process handle of one `_zygote` worker."""
+
+    def __init__(self, index: int, config: dict):
+        self.index = index
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", _zygote.__file__, json.dumps(config)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=_scrubbed_env(), cwd=config["base_dir"], start_new_session=True,
+            close_fds=True)
+        self.fd = self.proc.stdout.fileno()
+        os.set_blocking(self.fd, False)
+        self.buffer = bytearray()
+        self.ready = False
+        self.started = time.monotonic()
+        self.job: str | None = None  # program text being run
+        self.deadline = 0.0
+
+    def send(self, program: str, timeout_s: float) -> None:
+        self.job = program
+        self.deadline = time.monotonic() + timeout_s + WATCHDOG_GRACE_S
+        self.proc.stdin.write(_zygote.encode_message({"id": 0, "program": program}))
+        self.proc.stdin.flush()
+
+    def read_messages(self) -> list[dict] | None:
+        """Messages now complete; None when the worker closed its end (it died)."""
+        try:
+            chunk = os.read(self.fd, 1 << 16)
+        except BlockingIOError:
+            chunk = None
+        if chunk == b"":
+            return None
+        if chunk:
+            self.buffer += chunk
+        messages = []
+        size = _zygote._HEADER.size
+        while len(self.buffer) >= size:
+            (length,) = _zygote._HEADER.unpack(self.buffer[:size])
+            if len(self.buffer) < size + length:
+                break
+            body = bytes(self.buffer[size:size + length])
+            del self.buffer[:size + length]
+            messages.append(json.loads(body.decode("utf-8")))
+        return messages
+
+    def stderr_tail(self) -> str:
+        try:
+            os.set_blocking(self.proc.stderr.fileno(), False)
+            data = self.proc.stderr.read() or b""
+        except (OSError, ValueError):
+            data = b""
+        return data.decode("utf-8", "replace")[-2000:]
+
+    def kill(self) -> None:
+        for kill, target in ((os.killpg, self.proc.pid), (os.kill, self.proc.pid)):
+            try:
+                kill(target, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+class PythonExecutor:
+    """A pool of sandboxed workers that runs model-written programs (module docstring).
+
+    Args:
+      num_workers: worker processes (each runs one program at a time).
+      timeout_s: wall-clock limit per program; the reference's value is
+        `REFERENCE_TIMEOUT_S` = 30 s.
+      memory_limit_mb: address space a program may add on top of the pre-imported
+        libraries (RLIMIT_AS); beyond it allocations raise MemoryError.
+      max_output_bytes: characters a program may write to stdout/stderr in total;
+        beyond it the program stops with `OutputLimitError`.
+      max_result_chars: cap on the returned observation (the reference cuts each print
+        segment to 1024 characters; this bounds programs with many print statements).
+      max_file_bytes: largest file a program may write (RLIMIT_FSIZE).
+      cache_size: programs whose results are kept (LRU); 0 disables the cache.
+      preload: modules each worker imports once before forking programs.
+
+    Use as a context manager, or call `close()`; `run` is safe to call from several
+    threads (calls are serialised).
+    """
+
+    def __init__(self, num_workers: int = 4, *, timeout_s: float = REFERENCE_TIMEOUT_S,
+                 memory_limit_mb: int = 1024, max_output_bytes: int = 1 << 20,
+                 max_result_chars: int = 4096, max_file_bytes: int = 16 << 20,
+                 cache_size: int = 16384, preload: Sequence[str] = DEFAULT_PRELOAD):
+        if sys.platform != "linux":
+            raise RuntimeError(f"PythonExecutor needs Linux (fork, rlimits, seccomp); "
+                               f"this is {sys.platform}")
+        checks = {"num_workers": (num_workers, 1), "timeout_s": (timeout_s, 1e-3),
+                  "memory_limit_mb": (memory_limit_mb, 16),
+                  "max_output_bytes": (max_output_bytes, 1),
+                  "max_result_chars": (max_result_chars, 16),
+                  "max_file_bytes": (max_file_bytes, 0), "cache_size": (cache_size, 0)}
+        for name, (value, low) in checks.items():
+            if not value >= low:
+                raise ValueError(f"PythonExecutor {name} must be >= {low}, got {value!r}")
+        self.num_workers = int(num_workers)
+        self.timeout_s = float(timeout_s)
+        self.cache_size = int(cache_size)
+        self._base_dir = tempfile.mkdtemp(prefix="rstar_exec_")
+        os.chmod(self._base_dir, 0o700)
+        self._config = {
+            "timeout_s": self.timeout_s, "memory_limit_mb": int(memory_limit_mb),
+            "max_output_bytes": int(max_output_bytes),
+            "max_result_chars": int(max_result_chars),
+            "max_file_bytes": int(max_file_bytes), "preload": list(preload),
+            "base_dir": self._base_dir, "parent_pid": os.getpid()}
+        self._cache: collections.OrderedDict[str, ExecResult] = collections.OrderedDict()
+        self._hits = self._misses = self._restarts = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self._workers: list[_Worker] = [_Worker(i, self._config)
+                                        for i in range(self.num_workers)]
+
+    # -- public API -----------------------------------------------------------------
+
+    @property
+    def base_dir(self) -> str:
+        """Directory holding the programs' private directories (removed by `close`)."""
+        return self._base_dir
+
+    def cache_info(self) -> dict[str, int]:
+        """Cache hits, misses, current size, and how many workers were replaced."""
+        return {"hits": self._hits, "misses": self._misses, "size": len(self._cache),
+                "max_size": self.cache_size, "worker_restarts": self._restarts}
+
+    def run(self, programs: Sequence[str]) -> list[ExecResult]:
+        """Run each program (whole cumulative source) and return its result, in order."""
+        if isinstance(programs, str):
+            raise TypeError("PythonExecutor.run takes a list of programs, got one str; "
+                            "wrap it in a list")
+        for i, program in enumerate(programs):
+            if not isinstance(program, str):
+                raise TypeError(f"programs[{i}] must be str, got {type(program).__name__}")
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("PythonExecutor.run called after close(); "
+                                   "create a new executor")
+            results: list[ExecResult | None] = [None] * len(programs)
+            todo: dict[str, list[int]] = {}
+            for i, program in enumerate(programs):
+                hit = self._cache_get(program)
+                if hit is not None:
+                    results[i] = hit
+                else:
+                    todo.setdefault(program, []).append(i)
+            for program, result in self._execute(list(todo)).items():
+                for i in todo[program]:
+                    results[i] = result
+            return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Stop the workers and delete every temporary directory; safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for worker in self._workers:
+                try:
+                    worker.proc.stdin.close()  # the worker exits at end of input
+                except OSError:
+                    pass
+            deadline = time.monotonic() + 2.0
+            for worker in self._workers:
+                try:
+                    worker.proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
+                except subprocess.TimeoutExpired:
+                    pass
+                worker.kill()
+            shutil.rmtree(self._base_dir, ignore_errors=True)
+
+    def __enter__(self) -> "PythonExecutor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        if not getattr(self, "_closed", True):
+            self.close()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _cache_get(self, program: str) -> ExecResult | None:
+        if self.cache_size and program in self._cache:
+            self._cache.move_to_end(program)
+            self._hits += 1
+            return self._cache[program]
+        self._misses += 1
+        return None
+
+    def _cache_put(self, program: str, result: ExecResult) -> None:
+        if not self.cache_size:
+            return
+        self._cache[program] = result
+        self._cache.move_to_end(program)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        self._restarts += 1
+        self._workers[worker.index] = _Worker(worker.index, self._config)
+
+    def _execute(self, programs: list[str]) -> dict[str, ExecResult]:
+        """Spread unique uncached programs over the workers; event loop on their pipes."""
+        pending = collections.deque(programs)
+        done: dict[str, ExecResult] = {}
+        selector = selectors.DefaultSelector()
+        try:
+            while len(done) < len(programs):
+                for worker in list(self._workers):
+                    if worker.ready and worker.job is None and pending:
+                        program = pending.popleft()
+                        try:
+                            worker.send(program, self.timeout_s)
+                        except OSError:  # died while idle: replace it, retry the program
+                            pending.appendleft(program)
+                            self._replace(worker)
+                active = [w for w in self._workers if not w.ready or w.job is not None]
+                if not active:
+                    continue
+                now = time.monotonic()
+                wait = min((w.deadline if w.ready else w.started + STARTUP_TIMEOUT_S)
+                           for w in active) - now
+                for worker in active:
+                    selector.register(worker.fd, selectors.EVENT_READ, worker)
+                events = selector.select(timeout=max(wait, 0.0))
+                for worker in active:
+                    selector.unregister(worker.fd)
+                for key, _ in events:
+                    self._on_readable(key.data, done)
+                self._check_deadlines(done)
+        finally:
+            selector.close()
+        return done
+
+    def _on_readable(self, worker: _Worker, done: dict[str, ExecResult]) -> None:
+        messages = worker.read_messages()
+        if messages is None:  # the worker died
+            if not worker.ready:
+                message = (f"executor worker {worker.index} died while starting (exit code "
+                           f"{worker.proc.wait()}): {worker.stderr_tail() or 'no stderr'}")
+                self._replace(worker)
+                raise RuntimeError(message)
+            if worker.job is not None:
+                done[worker.job] = ExecResult(
+                    output="SandboxError: the executor worker died while running this "
+                           "program", error=True, raised=True)
+            self._replace(worker)
+            return
+        for message in messages:
+            if message.get("ready"):
+                worker.ready = True
+                continue
+            output = message["output"]
+            timed_out = bool(message.get("timed_out"))
+            abnormal = bool(message.get("abnormal")) or timed_out
+            result = ExecResult(output=output,
+                                error=abnormal or "error" in output.lower(),
+                                timed_out=timed_out, raised=bool(message.get("raised")),
+                                duration_s=float(message.get("duration_s", 0.0)))
+            done[worker.job] = result
+            self._cache_put(worker.job, result)
+            worker.job = None
+
+    def _check_deadlines(self, done: dict[str, ExecResult]) -> None:
+        now = time.monotonic()
+        for worker in list(self._workers):
+            if not worker.ready and now > worker.started + STARTUP_TIMEOUT_S:
+                tail = worker.stderr_tail()
+                worker.kill()
+                raise RuntimeError(f"executor worker {worker.index} did not start within "
+                                   f"{STARTUP_TIMEOUT_S:g} s: {tail or 'no stderr'}")
+            if worker.ready and worker.job is not None and now > worker.deadline:
+                # The worker enforces the program timeout itself; getting here means the
+                # worker is stuck, so it is replaced and the program counts as timed out.
+                done[worker.job] = ExecResult(
+                    output=("TimeoutError: Execution of the code snippet has timed out for "
+                            f"exceeding {self.timeout_s:g} seconds."),
+                    error=True, timed_out=True, raised=True)
+                self._replace(worker)
