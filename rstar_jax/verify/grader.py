@@ -1,0 +1,289 @@
+"""Final-answer extraction and math equivalence, built on math-verify.
+
+Why math-verify plus a thin layer (shared/reference/graders.md §5): among the public
+graders it is the only one with no false "equal" verdict on the peer case set, and false
+"equal" verdicts are label noise for MCTS Q-values and PPM pairs. Its misses are
+benchmark conventions, which the layer here adds: percent vs bare number, units and `\\$`,
+degrees, `x = 5` vs `5`, multiple-choice letters, clock times, base-n numerals, `i` as
+the imaginary unit, and a 1e-4 relative tolerance for non-integer golds only (so
+1000001 never equals 1000000).
+
+Differences from the reference's `extract_math_answer` (rstar_reference.md §3.6):
+  * no cut at the first ".\\n" (the reference drops an answer boxed after a sentence end);
+  * several trailing boxes joined by connectors are one answer ("\\boxed{1} and \\boxed{2}");
+  * a solution without a box is graded from its final statement, not taken whole.
+
+Every call is bounded in time and never raises. math-verify's own time limits use
+SIGALRM, which only works in the main thread, while MCTS grades from worker threads; so
+math-verify runs with its limits off and one deadline per call is enforced here by a
+watchdog that raises an exception inside the calling thread (`_call_with_deadline`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import math
+import re
+import threading
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from rstar_jax.verify import _grader_text as text
+
+DEFAULT_TIMEOUT_S = 5.0
+# Relative tolerance for non-integer golds: accepts 4-significant-digit roundings such as
+# 8.9443 for 4*sqrt(5) (the reference's examples do), never used between integers.
+REL_TOL = 1e-4
+
+_T = TypeVar("_T")
+_log = logging.getLogger(__name__)
+
+
+class _DeadlineExceeded(BaseException):
+    """Raised inside the grading thread at its deadline.
+
+    A BaseException so that sympy's many `except Exception:` clauses cannot swallow it.
+    """
+
+
+class _QuietMathVerifyTimeoutWarning(logging.Filter):
+    """math-verify warns once that its own timeout is off; here that is deliberate."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeout is disabled" not in record.getMessage()
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_QuietMathVerifyTimeoutWarning())
+
+
+def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None)
+
+
+def _call_with_deadline(fn: Callable[[], _T], timeout_s: float | None, default: _T) -> _T:
+    """`fn()`, or `default` if it raises or runs past `timeout_s` seconds (any thread).
+
+    A watchdog thread raises `_DeadlineExceeded` in the calling thread at the deadline
+    (and again every 50 ms, in case a bare `except:` swallowed it). Python delivers it
+    between bytecodes, so pure-Python work (sympy) stops; a single long C call cannot be
+    interrupted, which math-verify avoids by not evaluating huge powers.
+    """
+    if timeout_s is None or timeout_s <= 0:
+        try:
+            return fn()
+        except Exception:
+            return default
+    thread_id = threading.get_ident()
+    lock = threading.Lock()
+    stop = threading.Event()
+    done = [False]
+
+    def watchdog() -> None:
+        if stop.wait(timeout_s):
+            return
+        while True:
+            with lock:
+                if done[0]:
+                    return
+                _set_async_exc(thread_id, _DeadlineExceeded)
+            if stop.wait(0.05):
+                return
+
+    def finish() -> None:
+        # Loop because a pending exception may fire inside this very block; once `done`
+        # is set under the lock the watchdog injects nothing more, and we clear any
+        # exception it injected before that.
+        while True:
+            try:
+                with lock:
+                    done[0] = True
+                    _set_async_exc(thread_id, None)
+                stop.set()
+                return
+            except _DeadlineExceeded:
+                continue
+
+    threading.Thread(target=watchdog, name="grader-deadline", daemon=True).start()
+    try:
+        try:
+            return fn()
+        except Exception:
+            return default
+        finally:
+            finish()
+    except _DeadlineExceeded:
+        finish()
+        _log.debug("grading timed out after %.1f s", timeout_s)
+        return default
+
+
+# ---------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------
+
+def extract_answer(solution: str) -> str:
+    """The final answer written in a solution text; "" when there is none.
+
+    In order: the last `\\boxed{...}` or `\\fbox{...}` (nested braces matched), joined
+    with the boxes just before it when only connectors ("and", ",", `\\quad`) separate
+    them; but a "final answer is X" after the last box wins. Without a box: the text
+    after "the answer is" / "final answer:", else the last math segment (`$..$`,
+    `\\(..\\)`, `\\[..\\]`) or the last number, whichever comes later. An answer that is
+    one `\\text{...}` is unwrapped. Never raises.
+    """
+    if not isinstance(solution, str):
+        return ""
+    try:
+        return text.extract_final_answer(solution)
+    except Exception:  # a malformed solution has no answer; grading must not crash
+        return ""
+
+
+def math_equal(pred: str, gold: str, *, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> bool:
+    """Whether the predicted answer is mathematically the gold answer.
+
+    `pred` is normally an extracted answer; a full solution containing `\\boxed` is
+    extracted first. Symmetric in spirit but not exactly: the gold decides conventions
+    (a choice letter, a clock time, integer vs non-integer tolerance). Returns False for
+    an empty gold or pred, on any error, and after `timeout_s` seconds. Never raises.
+    """
+    if not isinstance(pred, str) or not isinstance(gold, str):
+        return False
+    return _call_with_deadline(lambda: _math_equal(pred, gold), timeout_s, False)
+
+
+def math_equal_any(pred: str, golds: Iterable[str], *,
+                   timeout_s: float | None = DEFAULT_TIMEOUT_S) -> bool:
+    """`math_equal` against any of several accepted golds (e.g. `Problem.answers`)."""
+    return any(math_equal(pred, g, timeout_s=timeout_s) for g in golds)
+
+
+# ---------------------------------------------------------------------------------------
+# Implementation
+# ---------------------------------------------------------------------------------------
+
+def _math_equal(pred: str, gold: str) -> bool:
+    if "\\boxed" in pred or "\\fbox" in pred:
+        pred = extract_answer(pred)
+    if "\\boxed" in gold or "\\fbox" in gold:
+        gold = extract_answer(gold)
+    if not pred.strip() or not gold.strip():
+        return False
+    if text.canonical_string(pred) == text.canonical_string(gold):
+        return True
+
+    # Conventions with a fixed meaning decide on their own: no sympy fallback, which
+    # would read "C" as a symbol or "12:00" as a ratio.
+    gold_choice = text.multiple_choice_letter(gold)
+    if gold_choice is not None:
+        return text.multiple_choice_letter(pred) == gold_choice
+    gold_time, pred_time = text.clock_time(gold), text.clock_time(pred)
+    if gold_time is not None and pred_time is not None:
+        return _same_time(gold_time, pred_time)
+    gold_base, pred_base = text.base_n_digits(gold), text.base_n_digits(pred)
+    if gold_base and pred_base and (gold_base[1] or pred_base[1]):
+        # Digits must agree exactly; a missing base on one side is the same numeral.
+        return gold_base[0] == pred_base[0] and (
+            not gold_base[1] or not pred_base[1] or gold_base[1] == pred_base[1])
+
+    for gold_form, pred_form in _candidate_pairs(pred, gold):
+        if _mv_equal(gold_form, pred_form):
+            return True
+    return _numerically_close(text.strip_conventions(pred), text.strip_conventions(gold))
+
+
+def _same_time(a: tuple[int, int, int, str], b: tuple[int, int, int, str]) -> bool:
+    def minutes(t):  # 24-hour seconds; "4:30 pm" and "16:30" are one time
+        h, m, s, meridiem = t
+        if meridiem == "pm" and h < 12:
+            h += 12
+        if meridiem == "am" and h == 12:
+            h = 0
+        return (h * 60 + m) * 60 + s
+    if bool(a[3]) != bool(b[3]):  # one side without am/pm: compare on a 12-hour clock
+        return minutes(a) % (12 * 3600) == minutes(b) % (12 * 3600)
+    return minutes(a) == minutes(b)
+
+
+def _candidate_pairs(pred: str, gold: str) -> list[tuple[str, str]]:
+    """(gold form, pred form) pairs to try, from literal to convention-stripped."""
+    pairs = [(text.normalize(gold), text.normalize(pred))]
+    gold_plain, pred_plain = text.strip_conventions(gold), text.strip_conventions(pred)
+    pairs.append((gold_plain, pred_plain))
+    pairs.append((text.strip_labels(gold_plain), text.strip_labels(pred_plain)))
+    gold_rad, pred_rad = text.degrees_as_radians(gold), text.degrees_as_radians(pred)
+    if gold_rad:
+        pairs.append((gold_rad, pred_plain))
+    if pred_rad:
+        pairs.append((gold_plain, pred_rad))
+    # A decimal comma ("1000,99") against a decimal gold; never against an integer or a
+    # list gold, where "3,5" means two numbers.
+    if re.fullmatch(r"-?\d+,\d+", pred_plain) and re.fullmatch(r"-?\d*\.\d+", gold_plain):
+        pairs.append((gold_plain, pred_plain.replace(",", ".")))
+    unique = []
+    for pair in pairs:
+        if pair not in unique and all(pair):
+            unique.append(pair)
+    return unique
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(answer: str) -> tuple:
+    """math-verify's parse of one answer (LaTeX first, then plain expression)."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    config = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+    return tuple(parse(f"${answer}$", config, parsing_timeout=None))
+
+
+def _mv_equal(gold: str, pred: str) -> bool:
+    from math_verify import verify
+
+    gold_parsed, pred_parsed = _parse(gold), _parse(pred)
+    if not gold_parsed or not pred_parsed:
+        return False
+    if verify(list(gold_parsed), list(pred_parsed), timeout_seconds=None):
+        return True
+    # math-verify reads `i` as a free symbol; when the gold's only symbol is i it is the
+    # imaginary unit (1+2i vs i(2-i)).
+    imaginary = _with_imaginary_unit(gold_parsed[0]), _with_imaginary_unit(pred_parsed[0])
+    if imaginary[0] is not None and imaginary[1] is not None:
+        return bool(verify([imaginary[0]], [imaginary[1]], timeout_seconds=None))
+    return False
+
+
+def _with_imaginary_unit(expr):
+    """`expr` with the symbol i replaced by sympy's I; None unless i is its only symbol."""
+    import sympy
+
+    free = getattr(expr, "free_symbols", None)
+    if not free or {s.name for s in free} != {"i"}:
+        return None
+    return expr.subs(next(iter(free)), sympy.I)
+
+
+def _numerically_close(pred: str, gold: str) -> bool:
+    """Relative tolerance REL_TOL, only when the gold value is not an integer."""
+    import sympy
+
+    gold_value, pred_value = _number(gold), _number(pred)
+    if gold_value is None or pred_value is None:
+        return False
+    if gold_value == int(gold_value) if math.isfinite(gold_value) else True:
+        return False  # integers (and infinities) must match exactly; math-verify did that
+    return math.isclose(gold_value, pred_value, rel_tol=REL_TOL) and sympy is not None
+
+
+def _number(answer: str) -> float | None:
+    """The real value of a constant answer, or None (symbols, sets, errors)."""
+    import sympy
+
+    parsed = _parse(answer)
+    if not parsed or not isinstance(parsed[0], sympy.Expr) or parsed[0].free_symbols:
+        return None
+    value = complex(sympy.N(parsed[0], 30))
+    return value.real if abs(value.imag) < 1e-12 else None
