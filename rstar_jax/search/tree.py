@@ -67,11 +67,12 @@ class Tree:
 
     @property
     def num_slots(self) -> int:
-        return self.visits.shape[1]
+        # shape[-1] so the same property works inside vmap (one tree, no batch axis).
+        return self.visits.shape[-1]
 
     @property
     def num_child_slots(self) -> int:
-        return self.children.shape[2]
+        return self.children.shape[-1]
 
     def q_values(self) -> jax.Array:
         """Q of every node, [B, N] float32; 0 where unvisited (as the reference's `q_value()`)."""
@@ -240,7 +241,7 @@ def _backup_one(tree: Tree, parent: jax.Array, slots: jax.Array, values: jax.Arr
     rec = real & (modes == RECURSIVE)
     count = jnp.sum(rec.astype(jnp.int32))
     total = jnp.sum(jnp.where(rec, values, 0.0))
-    first = values[jnp.argmax(rec)]                 # first recursive value in slot order
+    first = values[jnp.argmax(rec.astype(jnp.int32))]                 # first recursive value in slot order
 
     def cond(carry):
         node, _ = carry
