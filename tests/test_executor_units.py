@@ -1,0 +1,109 @@
+"""Pure pieces of the executor: output shaping rules and the seccomp filter's decisions.
+
+Nothing here executes model code; expectations are written out by hand from the
+reference's rules (rstar_reference.md §3.4) and from the seccomp ABI.
+"""
+
+import errno
+import struct
+
+import pytest
+
+from rstar_jax.verify import program_runner, sandbox
+
+
+def test_sanitize_strips_fences_and_leading_python():
+    assert program_runner.sanitize("```python\nprint(1)\n```") == "print(1)"
+    assert program_runner.sanitize("  Python x = 1  \n") == "x = 1"
+    assert program_runner.sanitize("pythonic = 3") == "ic = 3"  # the reference's regex quirk
+
+
+def test_print_label_uses_first_closing_paren():
+    assert program_runner.print_label("print(x)") == "x:"
+    assert program_runner.print_label("print(f(x))") == "f(x:"
+    assert program_runner.print_label("for i in r:\n    print(i)\n    print(i*2)") == "i i*2:"
+    assert program_runner.print_label("x = 1") == ""
+
+
+def test_truncate_keeps_head_and_tail():
+    text = "a" * 600 + "b" * 600
+    assert program_runner.truncate(text) == "a" * 512 + "..." + "b" * 512
+    assert program_runner.truncate("short") == "short"
+    assert program_runner.truncate("x" * 1024) == "x" * 1024
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("0.30000000000000004\n", "0.3\n"),   # text float: rounded when shorter
+    ("4\n", "4\n"),                       # "4.0\n" is longer: kept
+    ("2.5\n", "2.5\n"),
+    ("100000000000000000000\n", "1e+20\n"),  # reference quirk: big ints become floats
+    ("[1, 2]\n", "[1, 2]\n"),
+    (1 / 3, "0.3333333333333333"),        # values are never rounded
+    (None, "None"),
+])
+def test_shape_value(value, expected):
+    assert program_runner.shape_value(value) == expected
+
+
+def test_print_statement_indices_follow_bodies_not_else():
+    import ast
+    body = ast.parse("x = 1\nprint(x)\nif x:\n    print(2)\nif x:\n    pass\nelse:\n"
+                     "    print(3)\ndef f():\n    for i in x:\n        print(i)\n").body
+    assert program_runner.print_statement_indices(body) == [1, 2, 4]
+
+
+# --- seccomp filter, checked with a tiny classic-BPF interpreter -----------------
+
+
+def _run_bpf(prog, nr, arch_tag, args=(0,) * 6):
+    data = struct.pack("=iIQ6Q", nr, arch_tag, 0, *[a & (2**64 - 1) for a in args])
+    acc, pc = 0, 0
+    while True:
+        code, jt, jf, k = prog[pc]
+        if code == 0x20:
+            acc = struct.unpack_from("=I", data, k)[0]
+            pc += 1
+        elif code in (0x15, 0x35, 0x45):
+            cond = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[code]
+            pc += 1 + (jt if cond else jf)
+        elif code == 0x06:
+            return k
+        else:
+            raise AssertionError(f"unexpected BPF opcode {code:#x}")
+
+
+ALLOW = 0x7FFF0000
+EPERM = 0x00050000 | errno.EPERM
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_seccomp_filter_decisions(arch):
+    pid = 4242
+    prog = sandbox.build_seccomp_filter(arch, pid)
+    tag = sandbox._AUDIT_ARCH[arch]
+    nr = sandbox._SYSCALLS[arch]
+    run = lambda name, *args: _run_bpf(prog, nr[name], tag, args + (0,) * (6 - len(args)))
+    assert run("clone", 0x00010000 | 0x100) == ALLOW           # a thread
+    assert run("clone", 0x11) == EPERM                          # fork-like clone
+    assert run("clone3") == 0x00050000 | errno.ENOSYS           # libc falls back to clone
+    assert run("kill", pid, 9) == ALLOW
+    assert run("kill", 0, 9) == ALLOW                           # own group (setsid)
+    assert run("kill", -1, 9) == EPERM                          # everybody
+    assert run("kill", pid + 1, 9) == EPERM
+    assert run("tgkill", pid, pid, 11) == ALLOW
+    assert run("tgkill", 1, 1, 9) == EPERM
+    assert run("socket", 1, 1) == ALLOW                         # AF_UNIX
+    assert run("socket", 2, 1) == 0x00050000 | errno.EACCES     # AF_INET
+    assert run("execve") == EPERM
+    assert run("ptrace") == EPERM
+    assert _run_bpf(prog, 0, tag) == ALLOW  # read/io_setup: unrelated syscalls pass
+    assert _run_bpf(prog, nr["kill"], 0x40000003) == 0x80000000  # foreign ABI: killed
+    if arch == "x86_64":
+        assert run("fork") == EPERM and run("vfork") == EPERM
+        assert _run_bpf(prog, 0x40000000 | 57, tag) == EPERM    # x32 alias of fork
+
+
+def test_seccomp_filter_fits_eight_bit_jumps():
+    for arch in ("x86_64", "aarch64"):
+        prog = sandbox.build_seccomp_filter(arch, 1)
+        assert len(prog) < 256 and all(jt < 256 and jf < 256 for _, jt, jf, _ in prog)
