@@ -180,9 +180,11 @@ def test_ppm_vis_count_mode_descends_into_most_visited_child_only():
     assert [p.prefix_steps for p in pairs] == ["", step("b")]
 
 
-def test_ppm_rejects_unknown_mode():
-    with pytest.raises(ValueError, match="ppm mode must be one of"):
-        ppm_pairs.extract_step_pairs(mixed_tree(), PairRules(mode="best"))
+def test_ppm_rules_reject_bad_settings_naming_the_config_key():
+    with pytest.raises(ValueError, match=r"config.ppm.mode must be one of"):
+        PairRules(mode="best")
+    with pytest.raises(ValueError, match=r"config.ppm.pairs_per_side must be >= 1"):
+        PairRules(pairs_per_side=0)
 
 
 # ---------------------------------------------------------------------- the filter

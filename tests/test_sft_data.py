@@ -261,3 +261,18 @@ def test_sft_refuses_trees_without_gold_answer():
                             where="run.jsonl:3")
     with pytest.raises(ValueError, match=r"run.jsonl:3: field 'answer' is missing"):
         sft([rec])
+
+
+def test_reader_accepts_dump_lines_written_by_the_search():
+    # The search's own writer (rstar_jax.search.host_tree) must produce lines we read.
+    from rstar_jax.search.host_tree import SearchTree
+    tree = SearchTree.new("What is 2+2?", answer="4", record={"index": 0})
+    first = tree.add_child(0, text=step("a"))
+    tree.add_child(first.index, text=answer_step(4), final_answer="4")
+    tree.add_child(first.index, text=answer_step(5), final_answer="5")
+    for n, (q, visits) in zip(tree.nodes, [(0.0, 2), (0.0, 2), (1.0, 1), (-1.0, 1)]):
+        n.q_value, n.visit_count = q, visits
+    rec = parse_tree_record(json.loads(json.dumps(tree.to_record())))
+    assert rec.root.children[0].children[1].final_answer == "5"
+    assert sft([rec]) == [{"question": "What is 2+2?", "prompt": build_prompt("What is 2+2?"),
+                           "response": step("a") + answer_step(4)}]

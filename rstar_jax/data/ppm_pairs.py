@@ -52,6 +52,19 @@ class PairRules:
     mode: str = "all"                # extra_rm_file.py --mode default
     final_step_pairs: bool = False   # paper §3.3 trajectory pairs; absent from the code
 
+    def __post_init__(self):
+        # Named after the config keys (configs/data.py, `ppm` block) they come from.
+        if self.pairs_per_side < 1:
+            raise ValueError(f"config.ppm.pairs_per_side must be >= 1, got {self.pairs_per_side}")
+        if self.fallback_per_side < self.pairs_per_side:
+            raise ValueError("config.ppm.fallback_per_side must be >= pairs_per_side, got "
+                             f"{self.fallback_per_side} < {self.pairs_per_side}")
+        if self.min_edit_distance < 0:
+            raise ValueError(f"config.ppm.min_edit_distance must be >= 0, "
+                             f"got {self.min_edit_distance}")
+        if self.mode not in BFS_MODES:
+            raise ValueError(f"config.ppm.mode must be one of {BFS_MODES}, got {self.mode!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class PreferencePair:
@@ -122,6 +135,19 @@ def _continuation(node: TreeNode, counts: dict[str, tuple[int, int]],
 
 # ------------------------------------------------------------------------ step pairs
 
+def _take_sides(pos_all: list, neg_all: list, rules: PairRules) -> tuple[list, list]:
+    """Positives and negatives to pair from ranked candidates: the first 2 of each, or
+    up to 4 of one side when the other has a single candidate (extra_rm_file.py)."""
+    pos, neg = pos_all[:rules.pairs_per_side], neg_all[:rules.pairs_per_side]
+    # Order matters: the negative side is widened first, judged on the cut positives,
+    # then the positive side, judged on the (possibly widened) negatives.
+    if len(pos) == 1:
+        neg = neg_all[:rules.fallback_per_side]
+    if len(neg) == 1:
+        pos = pos_all[:rules.fallback_per_side]
+    return pos, neg
+
+
 def _node_pairs(node: TreeNode, prefix_steps: str, question: str,
                 counts: dict[str, tuple[int, int]], rules: PairRules) -> list[PreferencePair]:
     """Unfiltered sibling pairs among the children of one node (rule 3-4)."""
@@ -129,12 +155,7 @@ def _node_pairs(node: TreeNode, prefix_steps: str, question: str,
                      key=lambda c: c.q_value, reverse=True)
     neg_all = sorted([c for c in node.children if counts[c.tag][1] > 0],
                      key=lambda c: c.q_value)
-    pos, neg = pos_all[:rules.pairs_per_side], neg_all[:rules.pairs_per_side]
-    # Order matters: the negative side is widened first, from the cut positive count.
-    if len(pos) == 1:
-        neg = neg_all[:rules.fallback_per_side]
-    if len(neg) == 1:
-        pos = pos_all[:rules.fallback_per_side]
+    pos, neg = _take_sides(pos_all, neg_all, rules)
     pairs = []
     for p in pos:
         for n in neg:
@@ -152,8 +173,6 @@ def _node_pairs(node: TreeNode, prefix_steps: str, question: str,
 
 def extract_step_pairs(record: TreeRecord, rules: PairRules = PairRules()) -> list[PreferencePair]:
     """All sibling pairs of one tree before the margin / edit-distance filter (rules 1-5)."""
-    if rules.mode not in BFS_MODES:
-        raise ValueError(f"ppm mode must be one of {BFS_MODES}, got {rules.mode!r}")
     if not any(is_valid_answer_leaf(n) for n in iter_nodes(record.root)):
         return []
     counts = leaf_outcomes(record.root)
@@ -209,13 +228,9 @@ def extract_final_step_pairs(record: TreeRecord,
 
     pos_all = sorted(correct, key=rank, reverse=True)
     neg_all = sorted(wrong, key=rank)
-    pos, neg = pos_all[:rules.pairs_per_side], neg_all[:rules.pairs_per_side]
-    if not pos or not neg:
+    if not pos_all or not neg_all:
         return []
-    if len(pos) == 1:
-        neg = neg_all[:rules.fallback_per_side]
-    if len(neg) == 1:
-        pos = pos_all[:rules.fallback_per_side]
+    pos, neg = _take_sides(pos_all, neg_all, rules)
     pairs = []
     for p in pos:
         for n in neg:

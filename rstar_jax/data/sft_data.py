@@ -110,7 +110,7 @@ def select_sft_traces(records: Iterable[TreeRecord], *, top_k: int = 2,
     because the reference's per-question dict is keyed on every trace.
     """
     if top_k < 1:
-        raise ValueError(f"sft top_k must be >= 1, got {top_k}")
+        raise ValueError(f"config.sft.top_k must be >= 1, got {top_k}")
     grader = grader or _default_grader()
     by_question: dict[str, list[Trace]] = {}
     for record in records:
