@@ -1,0 +1,158 @@
+"""The host loop shared by SFT and PPM training: resume, step, log, evaluate, checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable, Mapping
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from rstar_jax.models.sharding import make_mesh
+from rstar_jax.train import steps as S
+from rstar_jax.train.checkpoint import Checkpoints
+from rstar_jax.train.data import BatchPlan
+from rstar_jax.train.metrics import MetricsLog
+from rstar_jax.train.optim import make_optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What differs between SFT and PPM training; the loop below is the same for both."""
+
+    name: str                                   # "sft" or "ppm": names files and metrics
+    plan: BatchPlan
+    make_batch: Callable[[int], dict]           # step -> global batch of [A, M, ...] arrays
+    loss_factory: Callable[..., S.LossFn]       # constrain -> loss_fn
+    data_fingerprint: str
+    evaluate: Callable[[dict], dict] | None = None   # params -> metrics (held-out set)
+
+
+def mesh_of(config) -> Mesh:
+    m = config.mesh
+    return make_mesh(int(m.data), int(m.fsdp), int(m.tensor))
+
+
+def total_steps_of(config, plan: BatchPlan) -> int:
+    """All epochs' steps, or `max_steps` when set (> 0) for short runs and benchmarks."""
+    return min(plan.total_steps, config.max_steps) if config.max_steps > 0 else plan.total_steps
+
+
+def fit(config, task: Task, params: dict, out_dir: str | os.PathLike, *,
+        mesh: Mesh | None = None, progress: bool = True) -> dict:
+    """Train `params` (fp32 masters) on `task`; returns the final params (on the mesh).
+
+    Resumes from the latest checkpoint in `out_dir/checkpoints` when there is one; a
+    checkpoint from other data or another schedule is refused. Metrics go to
+    `out_dir/metrics_<task>.jsonl`.
+    """
+    out_dir = os.fspath(out_dir)
+    mesh = mesh or mesh_of(config)
+    plan = task.plan
+    # The schedule always spans the full run, so max_steps only stops it early.
+    optimizer, schedule = make_optimizer(config.optim, plan.total_steps)
+    last = total_steps_of(config, plan)
+    abstract_params = jax.eval_shape(lambda: params)
+    init_fn, abstract_state, st_sh = S.jit_init_state(optimizer, abstract_params, mesh)
+
+    ckpts = Checkpoints(os.path.join(out_dir, "checkpoints"),
+                        save_every=int(config.checkpoint.save_every),
+                        keep=int(config.checkpoint.keep),
+                        async_save=bool(config.checkpoint.async_save))
+    log = MetricsLog(os.path.join(out_dir, f"metrics_{task.name}.jsonl"),
+                     tensorboard_dir=(os.path.join(out_dir, "tensorboard", task.name)
+                                      if config.tensorboard else None))
+    fixed_meta = {"task": task.name, "data_seed": int(plan.seed),
+                  "data_fingerprint": task.data_fingerprint, "num_rows": plan.num_rows,
+                  "batch_size": plan.batch_size, "total_steps": plan.total_steps}
+
+    def meta(step: int) -> dict:
+        epoch, k = divmod(step, plan.steps_per_epoch)
+        return {**fixed_meta, "step": step, "epoch": epoch, "batch_in_epoch": k}
+
+    start = ckpts.latest_step()
+    if start is None:
+        state, start = init_fn(params), 0
+    else:
+        state, saved = ckpts.restore(abstract_state, st_sh, start)
+        for k, v in fixed_meta.items():
+            if saved.get(k) != v:
+                raise ValueError(
+                    f"{ckpts.directory}/{start}: checkpoint has {k}={saved.get(k)!r}, this run "
+                    f"has {v!r}; use a new --out directory or the same data and config")
+        log.write(start, {}, event="resume")
+    del params  # the state owns (and on accelerators donates) the parameter buffers
+
+    step_fn = None
+    bar = tqdm(total=last, initial=start, desc=task.name, disable=not progress,
+               dynamic_ncols=True)
+    t_last, tokens_since, log_every = time.perf_counter(), 0.0, max(1, int(config.log_every))
+    for step in range(start, last):
+        batch = task.make_batch(step)
+        if step_fn is None:
+            step_fn, _, _ = S.jit_train_step(task.loss_factory, optimizer, abstract_state,
+                                             batch, mesh, seed=int(config.seed))
+        state, metrics = step_fn(state, batch)
+        tokens_since += real_tokens(batch)
+        done = step + 1
+        if done % log_every == 0 or done == last:
+            m = jax.device_get(metrics)
+            now = time.perf_counter()
+            m = {**m, "learning_rate": float(schedule(step)),
+                 "tokens_per_second": tokens_since / max(now - t_last, 1e-9),
+                 "epoch": plan.epoch_of_step(done)}
+            tokens_since = 0.0
+            t_last = now
+            log.write(done, m)
+            bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_second']:.0f}")
+        bar.update(1)
+        if task.evaluate is not None and config.eval_every > 0 and done % config.eval_every == 0:
+            log.write(done, task.evaluate(state["params"]), event="eval")
+        ckpts.maybe_save(done, state, meta(done), force=done == last)
+    bar.close()
+    if task.evaluate is not None:
+        log.write(last, task.evaluate(state["params"]), event="final_eval")
+    ckpts.maybe_save(last, state, meta(last), force=True)
+    ckpts.close()
+    log.close()
+    return state["params"]
+
+
+def real_tokens(batch: Mapping) -> float:
+    """Non-padding tokens in a global batch (every `*mask` array but the loss mask)."""
+    return float(sum(np.sum(v) for k, v in batch.items()
+                     if k.endswith("mask") and k != "loss_mask"))
+
+
+def set_params(model: nnx.Module, params: dict, dtype=None) -> nnx.Module:
+    """Put pure params (optionally cast, e.g. to the export dtype) into an NNX model."""
+    if dtype is not None:
+        params = S.cast_floats(params, dtype)
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(model, state)
+    return model
+
+
+def master_params(model: nnx.Module, mesh: Mesh) -> dict:
+    """The model's params as fp32 master weights placed on the mesh."""
+    from rstar_jax.models.sharding import shard_params
+    from rstar_jax.models.qwen2 import params_of
+    return shard_params(S.cast_floats(params_of(model), "float32"), mesh)
+
+
+def check_config(config: Mapping) -> None:
+    """Fail early, naming the option, on settings the loop cannot run with."""
+    if config.compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}")
+    if config.batch_size % config.micro_batch_size:
+        raise ValueError(f"batch_size ({config.batch_size}) must be a multiple of "
+                         f"micro_batch_size ({config.micro_batch_size})")
+    if max(config.bucket_lengths) < config.max_length:
+        raise ValueError(f"bucket_lengths {tuple(config.bucket_lengths)} must include "
+                         f"max_length ({config.max_length})")
