@@ -65,6 +65,7 @@ DEFAULT_PRELOAD = ("math", "cmath", "fractions", "decimal", "itertools", "functo
 # the worker itself is stuck; and the time for a fresh worker to import its libraries.
 WATCHDOG_GRACE_S = 10.0
 STARTUP_TIMEOUT_S = 180.0
+MAX_STARTUP_FAILURES = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +123,7 @@ class _Worker:
         self.ready = False
         self.started = time.monotonic()
         self.job: str | None = None  # program text being run
+        self.startup_failures = 0  # consecutive deaths before "ready" in this slot
         self.deadline = 0.0
 
     def send(self, program: str, timeout_s: float) -> None:
@@ -354,10 +356,17 @@ class PythonExecutor:
         messages = worker.read_messages()
         if messages is None:  # the worker died
             if not worker.ready:
-                message = (f"executor worker {worker.index} died while starting (exit code "
-                           f"{worker.proc.wait()}): {worker.stderr_tail() or 'no stderr'}")
+                # A worker killed from outside while importing is replaced; one that keeps
+                # dying while starting is broken (bad interpreter, missing library).
+                failures = worker.startup_failures + 1
+                message = (f"executor worker {worker.index} died while starting {failures} "
+                           f"times (last exit code {worker.proc.wait()}): "
+                           f"{worker.stderr_tail() or 'no stderr'}")
                 self._replace(worker)
-                raise RuntimeError(message)
+                self._workers[worker.index].startup_failures = failures
+                if failures >= MAX_STARTUP_FAILURES:
+                    raise RuntimeError(message)
+                return
             if worker.job is not None:
                 done[worker.job] = ExecResult(
                     output="SandboxError: the executor worker died while running this "
@@ -367,6 +376,7 @@ class PythonExecutor:
         for message in messages:
             if message.get("ready"):
                 worker.ready = True
+                worker.startup_failures = 0
                 continue
             output = message["output"]
             timed_out = bool(message.get("timed_out"))
