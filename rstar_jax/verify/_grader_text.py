@@ -19,12 +19,12 @@ _ANSWER_PHRASE = re.compile(
     r"(?:final\s+answer|the\s+answer)\s*(?:is\s*:?|:)\s*", re.IGNORECASE)
 # Math delimited by $$..$$, $..$ (not the escaped \$), \[..\] or \(..\).
 _MATH_SEGMENT = re.compile(
-    r"\$\$(.+?)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.DOTALL)
+    r"\$\$([^$]+?)\$\$|(?<!\\)\$([^$]+?)(?<!\\)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.DOTALL)
 # Integers, thousands-grouped numbers, decimals and simple fractions like 2/3.
 # A decimal comma ("2,74") is kept whole too; math_equal reads it as 2.74 against a
 # decimal gold only.
 _NUMBER = re.compile(
-    r"-?\d+,\d{1,2}(?![\d,])|-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+    r"(?<![\d,])-?\d+,\d{1,2}(?![\d,])|-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 # The end of a sentence: a period not between digits, or a line break.
 _SENTENCE_END = re.compile(r"(?<!\d)\.(?!\d)|\.(?=\s|$)|\n|\bI hope\b")
 # Words that may join boxes of one split answer ("\boxed{1} and \boxed{2}").
@@ -38,6 +38,9 @@ def find_boxes(text: str) -> list[tuple[int, int, str]]:
     for match in _BOX_START.finditer(text):
         depth, i = 1, match.end()
         while i < len(text) and depth:
+            if text[i] == "\\":  # an escaped \{ or \} (set braces) does not nest
+                i += 2
+                continue
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
         if depth == 0:  # an unclosed box is not an answer
@@ -125,12 +128,27 @@ def extract_final_answer(text: str) -> str:
 def clean_answer(answer: str) -> str:
     """Trim delimiters, a trailing period and a whole-answer `\\text{}` wrapper."""
     answer = collapse_doubled_backslashes(answer).strip()
-    answer = strip_math_delimiters(answer)
-    answer = re.sub(r"[\s.]+$", "", answer) if not re.search(r"\d\.$", answer) else answer[:-1]
+    for _ in range(2):  # "$x$." -> "$x$" -> "x"
+        answer = strip_math_delimiters(answer)
+        answer = re.sub(r"(?<=\S)\s*\.+$", "", answer).strip()
     whole_text = re.fullmatch(r"\\(?:text|textbf|textnormal|textrm|mathrm|mbox)\{([^{}]*)\}", answer)
     if whole_text:
         answer = whole_text.group(1).strip()
     return answer
+
+
+def is_well_formed(s: str) -> bool:
+    """Unescaped braces balance and every `\\begin{..}` has its `\\end{..}`."""
+    depth, i = 0, 0
+    while i < len(s):
+        if s[i] == "\\":
+            i += 2
+            continue
+        depth += {"{": 1, "}": -1}.get(s[i], 0)
+        if depth < 0:
+            return False
+        i += 1
+    return depth == 0 and s.count("\\begin{") == s.count("\\end{")
 
 
 def strip_math_delimiters(s: str) -> str:
@@ -182,7 +200,7 @@ def normalize(s: str) -> str:
 def canonical_string(s: str) -> str:
     """A spacing/case-free form for plain string equality (text answers like "Yes")."""
     s = re.sub(r"\\text\{([^{}]*)\}", r"\1", normalize(s))
-    s = s.replace(" ", "").replace("\\,", "").replace("\\;", "")
+    s = s.replace(" ", "").replace("\\,", "").replace("\\;", "").rstrip(".")
     # Case only matters for single letters (variables, choices); words are case-free.
     return s.lower() if re.fullmatch(r"[A-Za-z]{2,}", s) else s
 

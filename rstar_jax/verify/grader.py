@@ -175,6 +175,10 @@ def _math_equal(pred: str, gold: str) -> bool:
         return False
     if text.canonical_string(pred) == text.canonical_string(gold):
         return True
+    if not text.is_well_formed(pred):
+        # math-verify reads a prefix of broken LaTeX ("\begin{pmatrix} 1 &" as 1); a
+        # truncated generation is not an answer.
+        return False
 
     # Conventions with a fixed meaning decide on their own: no sympy fallback, which
     # would read "C" as a symbol or "12:00" as a ratio.
@@ -204,7 +208,9 @@ def _same_time(a: tuple[int, int, int, str], b: tuple[int, int, int, str]) -> bo
         if meridiem == "am" and h == 12:
             h = 0
         return (h * 60 + m) * 60 + s
-    if bool(a[3]) != bool(b[3]):  # one side without am/pm: compare on a 12-hour clock
+    ambiguous = [t for t in (a, b) if not t[3] and 1 <= t[0] <= 12]
+    if bool(a[3]) != bool(b[3]) and ambiguous:
+        # "4:30" without am/pm may be either; "16:30" is unambiguously afternoon.
         return minutes(a) % (12 * 3600) == minutes(b) % (12 * 3600)
     return minutes(a) == minutes(b)
 
