@@ -20,6 +20,7 @@ import numpy as np
 from rstar_jax.search import expand as ex
 from rstar_jax.search import step_format as sf
 from rstar_jax.search import tree as T
+from rstar_jax.search.answers import best_answer
 from rstar_jax.search.host_tree import INVALID_TERMINALS, SearchTree, save_trees
 
 
@@ -284,17 +285,15 @@ def greedy(problems: Sequence[Any], proposer: Any, executor: Any, config: Any, *
     return search(problems, proposer, executor, g, scorer=None, **kw)
 
 
-def best_answer(tree: SearchTree, key: str = "q_value") -> tuple[str, float] | None:
-    """The run's answer: the valid answer leaf with the highest `key` (§2.9, eval_output.py).
-
-    Ties keep BFS order (a stable sort). For an answer leaf at inference, Q is its PPM
-    score, so this is the trajectory whose answer step the PPM rates highest.
-    """
-    cands = tree.valid_answer_nodes()
-    if not cands:
-        return None
-    best = sorted(cands, key=lambda n: getattr(n, key), reverse=True)[0]
-    return best.final_answer, float(getattr(best, key))
+def search_runs(problems: Sequence[Any], make_proposer: Callable[[int], Any], executor: Any,
+                config: Any, scorer: Any = None, *, num_runs: int | None = None,
+                **kw) -> list[list[SearchTree]]:
+    """Independent MCTS runs for voting (§2.9): run r uses a proposer made with seed
+    `config.seed + r`. The reference seeds every run with 0, which correlates the runs
+    (§2.4 quirk 8); here each run samples differently."""
+    n = int(num_runs if num_runs is not None else config.vote.num_runs)
+    return [search(problems, make_proposer(int(config.seed) + r), executor, config, scorer, **kw)
+            for r in range(n)]
 
 
 def _progress(total: int, enabled: bool):
