@@ -1,0 +1,232 @@
+"""Device side of generation: cached prefill, a multi-token decode loop, slot start-up.
+
+Shapes: L layers, S slots, T cache length (max_len), K the static key bucket read by
+attention (kv_len <= T), B prefill rows, P prefill tokens per row, D hidden, H query heads,
+G key/value heads, R = H // G, Dh head dim, V vocabulary, C output capacity per slot.
+
+Everything here is a pure function of arrays; the host (scheduler.py) only picks slots,
+buckets and when to call. The decode loop runs `num_steps` tokens inside one
+`lax.while_loop`, so the host is not in the per-token path.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from rstar_jax.engine.kv_cache import KVCache
+from rstar_jax.engine.sampling import request_keys, sample_tokens
+from rstar_jax.models import layers as Lyr
+from rstar_jax.models.config import Qwen2Config
+from rstar_jax.models.qwen2 import lm_head_kernel
+
+# Why a slot stopped (SlotState.stop_reason).
+RUNNING, STOP_TAG, EOS, LENGTH, CACHE_FULL = 0, 1, 2, 3, 4
+STOP_REASON_NAMES = {STOP_TAG: "stop", EOS: "eos", LENGTH: "length", CACHE_FULL: "cache_full"}
+
+
+@flax.struct.dataclass
+class SlotState:
+    """Per-slot generation state, all [S] unless noted.
+
+    last_token: int32, sampled but not yet in the cache (fed at the next step)
+    done: bool, the slot is finished or free (decode skips it)
+    num_generated: int32, tokens in `out`
+    max_new: int32, per-request token limit
+    stop_reason: int32, one of RUNNING, STOP_TAG, EOS, LENGTH, CACHE_FULL
+    temperature, top_p: float32; top_k: int32
+    keys: [S, 2] uint32 per-request PRNG keys
+    out: [S, C] int32 generated tokens
+    """
+
+    last_token: jax.Array
+    done: jax.Array
+    num_generated: jax.Array
+    max_new: jax.Array
+    stop_reason: jax.Array
+    temperature: jax.Array
+    top_p: jax.Array
+    top_k: jax.Array
+    keys: jax.Array
+    out: jax.Array
+
+
+def init_state(slots: int, capacity: int) -> SlotState:
+    i32 = lambda v: jnp.full((slots,), v, jnp.int32)
+    return SlotState(
+        last_token=i32(0), done=jnp.ones((slots,), bool), num_generated=i32(0),
+        max_new=i32(0), stop_reason=i32(RUNNING), temperature=jnp.zeros((slots,), jnp.float32),
+        top_p=jnp.ones((slots,), jnp.float32), top_k=i32(-1),
+        keys=jnp.zeros((slots, 2), jnp.uint32), out=jnp.zeros((slots, capacity), jnp.int32))
+
+
+def _record(st: SlotState, tok: jax.Array, active: jax.Array, lengths: jax.Array,
+            max_len: int, stop_ids: jax.Array, eos_id: jax.Array) -> SlotState:
+    """Append tok [S] to the active slots and decide which of them stop."""
+    s, cap = st.out.shape
+    out = st.out.at[jnp.arange(s), jnp.where(active, st.num_generated, cap)].set(tok, mode="drop")
+    n = st.num_generated + active.astype(jnp.int32)
+    reason = jnp.select(
+        [jnp.any(tok[:, None] == stop_ids[None, :], axis=-1), tok == eos_id,
+         n >= st.max_new, lengths >= max_len],   # no room left to write the new token
+        [STOP_TAG, EOS, LENGTH, CACHE_FULL], RUNNING)
+    stops = active & (reason != RUNNING)
+    return st.replace(
+        out=out, num_generated=n, last_token=jnp.where(active, tok, st.last_token),
+        done=st.done | stops, stop_reason=jnp.where(stops, reason, st.stop_reason))
+
+
+def _cached_attention(q, k_new, v_new, k_cache, v_cache, lengths):
+    """One query per slot against its cached keys and its own new key.
+
+    q [S, H, Dh]; k_new, v_new [S, G, Dh]; k_cache, v_cache [S, K, G, Dh]; lengths [S].
+    Returns [S, H, Dh]. The cache is only read here; the new key joins through a separate
+    score so the layer scan never rewrites the cache (one scatter per step writes it).
+    """
+    s, h, dh = q.shape
+    g = k_new.shape[1]
+    qg = q.reshape(s, g, h // g, dh)
+    scale = dh ** -0.5
+    scores = jnp.einsum("sgrk,stgk->sgrt", qg, k_cache).astype(jnp.float32) * scale
+    valid = jnp.arange(k_cache.shape[1])[None, :] < lengths[:, None]          # [S, K]
+    scores = jnp.where(valid[:, None, None, :], scores, Lyr.MASK_VALUE)
+    self_score = jnp.einsum("sgrk,sgk->sgr", qg, k_new).astype(jnp.float32) * scale
+    m = jnp.maximum(jnp.max(scores, axis=-1), self_score)
+    p_cache = jnp.exp(scores - m[..., None])
+    p_self = jnp.exp(self_score - m)
+    denom = jnp.sum(p_cache, axis=-1) + p_self
+    # normalise before the cast, as HF casts softmax probabilities to the value dtype
+    p_cache = (p_cache / denom[..., None]).astype(v_cache.dtype)
+    p_self = (p_self / denom).astype(v_new.dtype)
+    out = jnp.einsum("sgrt,stgk->sgrk", p_cache, v_cache) + p_self[..., None] * v_new[:, :, None]
+    return out.reshape(s, h, dh)
+
+
+def decode_forward(params: dict, cfg: Qwen2Config, cache: KVCache, tokens: jax.Array,
+                   kv_len: int):
+    """One token per slot: tokens [S] at positions cache.lengths.
+
+    Returns logits [S, V] float32 and the new keys/values [L, S, G, Dh] to write at
+    cache.lengths. Attention reads cache positions [0, kv_len) only.
+    """
+    eps = cfg.rms_norm_eps
+    positions = cache.lengths[:, None]
+    cos, sin = Lyr.rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+    h = jnp.take(params["embed"], tokens, axis=0)[:, None, :]               # [S, 1, D]
+
+    def layer(h, xs):
+        p, k_cache, v_cache = xs
+        q, k, v = Lyr.qkv_projection(p, Lyr.rms_norm(h, p["attn_norm"], eps), cos, sin)
+        attn = _cached_attention(q[:, 0], k[:, 0], v[:, 0], k_cache[:, :kv_len],
+                                 v_cache[:, :kv_len], cache.lengths)
+        h = h + Lyr.attention_output(p, attn[:, None])
+        h = h + Lyr.swiglu_mlp(p, Lyr.rms_norm(h, p["mlp_norm"], eps))
+        return h, (k[:, 0], v[:, 0])
+
+    h, (k_new, v_new) = jax.lax.scan(layer, h, (params["layers"], cache.k, cache.v))
+    h = Lyr.rms_norm(h[:, 0], params["final_norm"], eps)
+    logits = jnp.einsum("sd,dv->sv", h, lm_head_kernel(params, cfg)).astype(jnp.float32)
+    return logits, k_new, v_new
+
+
+def decode_steps(params: dict, cache: KVCache, state: SlotState, stop_ids: jax.Array,
+                 eos_id: jax.Array, *, cfg: Qwen2Config, num_steps: int, kv_len: int):
+    """Up to num_steps tokens for every unfinished slot, in one while loop.
+
+    stop_ids [n] int32 (pad with -1), eos_id scalar int32 (-1 = none). The loop ends early
+    once every slot is done. The caller guarantees max(active lengths) + num_steps <= kv_len.
+    Returns the updated (cache, state).
+    """
+    s, t = cache.num_slots, cache.max_len
+    rows = jnp.arange(s)
+
+    def cond(carry):
+        i, _, st = carry
+        return (i < num_steps) & ~jnp.all(st.done)
+
+    def body(carry):
+        i, c, st = carry
+        active = ~st.done
+        logits, k_new, v_new = decode_forward(params, cfg, c, st.last_token, kv_len)
+        write = jnp.where(active, c.lengths, t)           # finished slots write nothing
+        c = KVCache(k=c.k.at[:, rows, write].set(k_new, mode="drop"),
+                    v=c.v.at[:, rows, write].set(v_new, mode="drop"),
+                    lengths=c.lengths + active.astype(jnp.int32))
+        tok = sample_tokens(logits, st.keys, st.num_generated, st.temperature, st.top_p, st.top_k)
+        return i + 1, c, _record(st, tok, active, c.lengths, t, stop_ids, eos_id)
+
+    _, cache, state = jax.lax.while_loop(cond, body, (jnp.int32(0), cache, state))
+    return cache, state
+
+
+def prefill(params: dict, cache: KVCache, tokens: jax.Array, slots: jax.Array,
+            starts: jax.Array, num_new: jax.Array, *, cfg: Qwen2Config, kv_len: int):
+    """Write prompt suffixes into their slots and return each row's next-token logits.
+
+    tokens [B, P] right-padded suffixes; slots [B] distinct slot ids (>= S marks a padding
+    row); starts [B] cached prefix length already in the slot (reused, not recomputed);
+    num_new [B] >= 1 real tokens per row. Suffix token j sits at position starts + j and
+    attends to the slot's cached prefix and to the suffix causally.
+    Needs max(starts + num_new) <= kv_len. Returns (cache, logits [B, V] float32).
+    """
+    b, p_len = tokens.shape
+    s, t = cache.num_slots, cache.max_len
+    eps = cfg.rms_norm_eps
+    positions = starts[:, None] + jnp.arange(p_len)[None, :]                  # [B, P]
+    real = (jnp.arange(p_len)[None, :] < num_new[:, None]) & (slots < s)[:, None]
+    rows = jnp.clip(slots, 0, s - 1)
+    cos, sin = Lyr.rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+    mask = jnp.arange(kv_len)[None, None, :] <= positions[:, :, None]          # [B, P, K]
+    local_write = jnp.where(real, positions, kv_len)
+    brow = jnp.arange(b)[:, None]
+    h = jnp.take(params["embed"], tokens, axis=0)
+
+    def layer(h, xs):
+        p, k_cache, v_cache = xs
+        q, k, v = Lyr.qkv_projection(p, Lyr.rms_norm(h, p["attn_norm"], eps), cos, sin)
+        k_rows = k_cache[rows, :kv_len].at[brow, local_write].set(k, mode="drop")
+        v_rows = v_cache[rows, :kv_len].at[brow, local_write].set(v, mode="drop")
+        h = h + Lyr.attention_output(p, Lyr.grouped_attention(q, k_rows, v_rows, mask))
+        h = h + Lyr.swiglu_mlp(p, Lyr.rms_norm(h, p["mlp_norm"], eps))
+        return h, (k, v)
+
+    h, (k_new, v_new) = jax.lax.scan(layer, h, (params["layers"], cache.k, cache.v))
+    write = jnp.where(real, positions, t)
+    slot_idx = jnp.broadcast_to(rows[:, None], (b, p_len))
+    cache = KVCache(
+        k=cache.k.at[:, slot_idx, write].set(k_new, mode="drop"),
+        v=cache.v.at[:, slot_idx, write].set(v_new, mode="drop"),
+        lengths=cache.lengths.at[slots].set(starts + num_new, mode="drop"))
+    last = Lyr.rms_norm(h[jnp.arange(b), jnp.maximum(num_new - 1, 0)], params["final_norm"], eps)
+    logits = jnp.einsum("bd,dv->bv", last, lm_head_kernel(params, cfg)).astype(jnp.float32)
+    return cache, logits
+
+
+def start_slots(cache: KVCache, state: SlotState, logits: jax.Array, source_row: jax.Array,
+                slots: jax.Array, max_new: jax.Array, temperature: jax.Array, top_p: jax.Array,
+                top_k: jax.Array, seeds: jax.Array, sample_index: jax.Array,
+                stop_ids: jax.Array, eos_id: jax.Array) -> SlotState:
+    """Begin generation in `slots` [N] (>= S = padding): sample each one's first token.
+
+    logits [B, V] from prefill; source_row [N] picks the prefill row of each slot (the K
+    samples of a prompt share one row). max_new, temperature, top_p, top_k, seeds,
+    sample_index: [N] per-slot request settings.
+    """
+    s = state.done.shape[0]
+    keys = request_keys(seeds, sample_index)
+    lg = logits[jnp.clip(source_row, 0, logits.shape[0] - 1)]
+    zeros = jnp.zeros_like(max_new)
+    first = sample_tokens(lg, keys, zeros, temperature, top_p, top_k)
+
+    def put(field, value):
+        return field.at[slots].set(value, mode="drop")
+
+    st = state.replace(
+        done=put(state.done, False), num_generated=put(state.num_generated, 0),
+        max_new=put(state.max_new, max_new), stop_reason=put(state.stop_reason, RUNNING),
+        temperature=put(state.temperature, temperature), top_p=put(state.top_p, top_p),
+        top_k=put(state.top_k, top_k), keys=put(state.keys, keys))
+    tok = jnp.zeros((s,), jnp.int32).at[slots].set(first, mode="drop")
+    starting = jnp.zeros((s,), bool).at[slots].set(True, mode="drop")
+    return _record(st, tok, starting, cache.lengths, cache.max_len, stop_ids, eos_id)

@@ -1,0 +1,55 @@
+"""Token sampling: greedy, temperature, top-k and top-p, with one PRNG stream per request.
+
+Each sequence owns a key; the token at generation index n uses fold_in(key, n), so a
+request's samples do not depend on which slot it got, on the other sequences in the batch
+or on how decoding was split into jitted chunks.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def request_keys(seeds: jax.Array, sample_index: jax.Array) -> jax.Array:
+    """Raw PRNG keys [N, 2] uint32 of sample `sample_index[i]` of a request seeded `seeds[i]`."""
+    return jax.vmap(lambda s, i: jax.random.fold_in(jax.random.PRNGKey(s), i))(seeds, sample_index)
+
+
+def filter_logits(logits: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.Array:
+    """Set logits outside each row's top-k, then outside its top-p nucleus, to -inf.
+
+    logits [N, V] float32 (already divided by the temperature); top_p [N] (1.0 = off);
+    top_k [N] int (<= 0 = off). Top-k applies first and top-p renormalises over the kept
+    tokens, as vLLM does. Ties at the threshold are all kept.
+    """
+    v = logits.shape[-1]
+    ordered = -jnp.sort(-logits, axis=-1)                                   # [N, V] descending
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
+    rank = jnp.arange(v)[None, :]
+    ordered = jnp.where(rank < k[:, None], ordered, -jnp.inf)
+    probs = jax.nn.softmax(ordered, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    # keep a token while the mass of better tokens is below p; always keep the best one
+    keep = jnp.maximum(jnp.sum(mass_before < top_p[:, None], axis=-1), 1)
+    keep = jnp.minimum(keep, k)
+    threshold = jnp.take_along_axis(ordered, (keep - 1)[:, None], axis=-1)
+    return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+
+def sample_tokens(logits: jax.Array, keys: jax.Array, counts: jax.Array,
+                  temperature: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.Array:
+    """Next token [N] int32 of logits [N, V] float32.
+
+    keys [N, 2] per-sequence keys, counts [N] tokens generated so far (the PRNG step),
+    temperature [N] (0 = greedy), top_p [N], top_k [N].
+    """
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+    needs_filter = jnp.any(((top_p < 1.0) | (top_k > 0)) & (temperature > 0))
+    # The sort over the vocabulary is the costly part; skip it when no row filters
+    # (the reference samples with top_p=1, top_k=-1).
+    scaled = jax.lax.cond(needs_filter, filter_logits, lambda x, p, k: x, scaled, top_p, top_k)
+    step_keys = jax.vmap(jax.random.fold_in)(keys, counts)
+    sampled = jax.vmap(jax.random.categorical)(step_keys, scaled).astype(jnp.int32)
+    return jnp.where(temperature > 0, sampled, greedy)

@@ -1,0 +1,336 @@
+"""Host side of generation: slots, prefix reuse and continuous batching.
+
+`GenerationEngine.generate(requests)` keeps every KV-cache slot busy across any number of
+requests: free slots are refilled between jitted decode chunks. The host only decides
+which prompt goes where; all arithmetic is in decode.py.
+
+Prefix reuse. The host mirrors each slot's cached tokens. A new prompt reuses the slot
+with the longest common token prefix (MCTS re-sends question + steps so far on every
+expansion, so the parent's row usually holds all but the newest step) and only the
+suffix is prefilled. The K samples of one prompt are prefilled once and the row is then
+copied into K-1 more slots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from rstar_jax.engine import decode
+from rstar_jax.engine.kv_cache import CACHE_AXES, KVCache, copy_rows, init_cache
+from rstar_jax.models.config import Qwen2Config, resolve_dtype
+from rstar_jax.models.sharding import logical_to_spec, param_shardings
+
+
+@dataclasses.dataclass
+class Request:
+    """One prompt (token ids) and how to sample `num_samples` continuations of it."""
+
+    prompt_ids: Sequence[int]
+    num_samples: int = 1
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = -1
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class Completion:
+    """One sampled continuation: generated ids (the stop token included) and why it ended.
+
+    stop_reason: "stop" (a stop tag), "eos", "length" (max_new_tokens) or "cache_full".
+    """
+
+    token_ids: list[int]
+    stop_reason: str
+    text: str = ""
+
+
+def _round_up(x: int, m: int) -> int:
+    return max(m, -(-x // m) * m)
+
+
+class GenerationEngine:
+    """Slot-based KV-cache generation for one policy.
+
+    Args:
+      params: policy parameters (`params_of(model)`), placed or not.
+      cfg: model config.
+      slots: concurrent sequences S; max_len: cache length T per slot.
+      capacity: most tokens one request may generate (the output buffer width C).
+      stop_token_ids: ids that end a step (the step tags); eos_token_id: None for none.
+      steps_per_call: decode steps per jitted call.
+      kv_bucket, prefill_len_bucket, prefill_batch: static-shape buckets (configs/engine.py).
+      mesh, rules: shard slots over (data, fsdp) and KV heads over tensor when given.
+    """
+
+    def __init__(self, params: dict, cfg: Qwen2Config, *, slots: int, max_len: int,
+                 capacity: int, stop_token_ids: Sequence[int] = (),
+                 eos_token_id: int | None = None, steps_per_call: int = 32,
+                 kv_bucket: int = 512, prefill_len_bucket: int = 128, prefill_batch: int = 16,
+                 mesh: Mesh | None = None, rules: Mapping | None = None, dtype=None):
+        if slots < 1 or max_len < 2 or capacity < 1 or steps_per_call < 1:
+            raise ValueError(f"engine needs slots>=1, max_len>=2, capacity>=1, steps_per_call>=1; "
+                             f"got {slots}, {max_len}, {capacity}, {steps_per_call}")
+        if max_len > cfg.max_position_embeddings:
+            raise ValueError(f"engine max_len {max_len} exceeds the model's "
+                             f"max_position_embeddings {cfg.max_position_embeddings}")
+        self.cfg, self.slots, self.max_len, self.capacity = cfg, slots, max_len, capacity
+        self.steps_per_call, self.kv_bucket = steps_per_call, kv_bucket
+        self.prefill_len_bucket, self.prefill_batch = prefill_len_bucket, prefill_batch
+        self.stop_ids = np.asarray(list(stop_token_ids) or [-1], np.int32)
+        self.eos_id = np.int32(-1 if eos_token_id is None else eos_token_id)
+        dtype = resolve_dtype(dtype) if dtype is not None else jax.tree.leaves(params)[0].dtype
+        self._build(params, mesh, rules, dtype)
+        # host mirror of the cache: cached tokens per slot, valid length, busy flag, LRU clock
+        self._tokens = np.full((slots, max_len), -1, np.int32)
+        self._cached_len = np.zeros(slots, np.int64)
+        self._busy = np.zeros(slots, bool)
+        self._last_used = np.zeros(slots, np.int64)
+        self._clock = 0
+        self.stats = dict(prefill_tokens=0, reused_tokens=0, generated_tokens=0,
+                          decode_calls=0, prefill_calls=0, decode_seconds=0.0)
+
+    # ---- jitted device functions -------------------------------------------------------
+    def _build(self, params, mesh, rules, dtype):
+        cfg, s = self.cfg, self.slots
+        cache = init_cache(cfg, s, self.max_len, dtype)
+        state = decode.init_state(s, self.capacity)
+        if mesh is None:
+            self.params, self.cache, self.state = params, cache, state
+        else:
+            p_shard = param_shardings(params, mesh, rules)
+
+            def spec(logical, x):
+                return NamedSharding(mesh, logical_to_spec(logical, x.shape, mesh, rules))
+
+            c_shard = KVCache(k=spec(CACHE_AXES, cache.k), v=spec(CACHE_AXES, cache.v),
+                              lengths=spec(("batch",), cache.lengths))
+            st_shard = jax.tree.map(lambda x: spec(("batch",) + (None,) * (x.ndim - 1), x), state)
+            repl = NamedSharding(mesh, P())
+            self.params = jax.device_put(params, p_shard)
+            self.cache = jax.device_put(cache, c_shard)
+            self.state = jax.device_put(state, st_shard)
+            self._shardings = dict(params=p_shard, cache=c_shard, state=st_shard, repl=repl)
+        self._mesh = mesh
+        self._cache_fns: dict = {}
+
+    def _fn(self, name: str, **static):
+        """The jitted `name` for these static arguments, built once."""
+        key = (name, tuple(sorted(static.items())))
+        if key in self._cache_fns:
+            return self._cache_fns[key]
+        cfg = self.cfg
+        sh = getattr(self, "_shardings", None)
+        if name == "decode":
+            f = functools.partial(decode.decode_steps, cfg=cfg, **static)
+            donate = (1, 2)
+            ins = None if sh is None else (sh["params"], sh["cache"], sh["state"], sh["repl"], sh["repl"])
+            outs = None if sh is None else (sh["cache"], sh["state"])
+        elif name == "prefill":
+            f = functools.partial(decode.prefill, cfg=cfg, **static)
+            donate = (1,)
+            ins = None if sh is None else (sh["params"], sh["cache"]) + (sh["repl"],) * 4
+            outs = None if sh is None else (sh["cache"], sh["repl"])
+        elif name == "copy":
+            f = copy_rows
+            donate = (0,)
+            ins = None if sh is None else (sh["cache"], sh["repl"], sh["repl"])
+            outs = None if sh is None else sh["cache"]
+        elif name == "start":
+            f = decode.start_slots
+            donate = (1,)
+            ins = None if sh is None else (sh["cache"], sh["state"]) + (sh["repl"],) * 11
+            outs = None if sh is None else sh["state"]
+        else:
+            raise KeyError(name)
+        kw = {} if sh is None else dict(in_shardings=ins, out_shardings=outs)
+        # CPU cannot donate buffers (it warns and copies), so donate only on accelerators.
+        if jax.default_backend() == "cpu":
+            donate = ()
+        fn = jax.jit(f, donate_argnums=donate, **kw)
+        self._cache_fns[key] = fn
+        return fn
+
+    # ---- host scheduling ---------------------------------------------------------------
+    def _lcp(self, ids: np.ndarray) -> np.ndarray:
+        """Longest common prefix [S] of `ids` with every slot's cached tokens."""
+        n = min(len(ids), self.max_len)
+        eq = self._tokens[:, :n] == ids[None, :n]
+        lcp = np.where(eq.all(axis=1), n, np.argmin(eq, axis=1))
+        return np.minimum(lcp, self._cached_len)
+
+    def _free_slots(self, claimed: set) -> list[int]:
+        free = [i for i in np.argsort(self._last_used, kind="stable")
+                if not self._busy[i] and i not in claimed]
+        return [int(i) for i in free]
+
+    def _admit_round(self, groups: list[tuple[int, np.ndarray, int, Request]],
+                     live: dict) -> None:
+        """Prefill one batch of prompts and start their samples.
+
+        groups: (request index, prompt ids, samples to start now, request).
+        live: slot -> (request index, sample index, prompt length), filled here.
+        """
+        s = self.slots
+        claimed: set[int] = set()
+        plan = []   # (group, source slot or -1, reuse length, prefill slot, extra slots)
+        for g in groups:
+            ids = g[1]
+            lcp = self._lcp(ids)
+            if claimed:   # rows claimed this round are about to be rewritten
+                lcp[sorted(claimed)] = 0
+            src = int(np.argmax(lcp))
+            reuse = int(min(lcp[src], len(ids) - 1)) if lcp[src] > 0 else 0
+            if reuse > 0 and not self._busy[src] and src not in claimed:
+                dst = src                                  # extend the row in place
+            else:
+                dst = self._free_slots(claimed)[0]
+            claimed.add(dst)
+            extra = self._free_slots(claimed)[: g[2] - 1]
+            claimed.update(extra)
+            plan.append((g, src if reuse > 0 else -1, reuse, dst, extra))
+
+        # 1. copy reused prefixes into their prefill slots (all sources read first)
+        copies = [(src, dst) for _, src, reuse, dst, _ in plan if reuse > 0 and src != dst]
+        if copies:
+            self.cache = self._copy(copies)
+        # 2. prefill the suffixes
+        b = _round_up(len(plan), self.prefill_batch)
+        longest = max(len(g[1]) - reuse for g, _, reuse, _, _ in plan)
+        p_len = _round_up(longest, self.prefill_len_bucket)
+        kv_len = min(self.max_len, _round_up(max(len(g[1]) for g, *_ in plan), self.kv_bucket))
+        tokens = np.zeros((b, p_len), np.int32)
+        slots = np.full(b, s, np.int32)
+        starts = np.zeros(b, np.int32)
+        num_new = np.ones(b, np.int32)
+        for i, (g, _, reuse, dst, _) in enumerate(plan):
+            suffix = g[1][reuse:]
+            tokens[i, : len(suffix)] = suffix
+            slots[i], starts[i], num_new[i] = dst, reuse, len(suffix)
+            self.stats["prefill_tokens"] += len(suffix)
+            self.stats["reused_tokens"] += reuse
+        self.cache, logits = self._fn("prefill", kv_len=kv_len)(
+            self.params, self.cache, tokens, slots, starts, num_new)
+        self.stats["prefill_calls"] += 1
+        # 3. fork the prefilled rows into the other samples' slots
+        forks = [(dst, e) for _, _, _, dst, extra in plan for e in extra]
+        if forks:
+            self.cache = self._copy(forks)
+        # 4. sample first tokens
+        rows = []
+        for i, (g, _, _, dst, extra) in enumerate(plan):
+            req_idx, ids, _, req = g
+            first_sample = self._next_sample.get(req_idx, 0)
+            for j, slot in enumerate([dst] + extra):
+                rows.append((slot, i, req, first_sample + j))
+                live[slot] = (req_idx, first_sample + j, len(ids))
+            self._next_sample[req_idx] = first_sample + 1 + len(extra)
+            for slot in [dst] + extra:
+                self._tokens[slot, : len(ids)] = ids
+                self._tokens[slot, len(ids):] = -1
+                self._cached_len[slot] = len(ids)
+                self._busy[slot] = True
+        n = s   # a fixed width: one compile of start_slots
+        cols = dict(slots=np.full(n, s, np.int32), row=np.zeros(n, np.int32),
+                    max_new=np.ones(n, np.int32), temperature=np.zeros(n, np.float32),
+                    top_p=np.ones(n, np.float32), top_k=np.full(n, -1, np.int32),
+                    seeds=np.zeros(n, np.int32), index=np.zeros(n, np.int32))
+        for k, (slot, row, req, sample) in enumerate(rows):
+            cols["slots"][k], cols["row"][k] = slot, row
+            cols["max_new"][k] = req.max_new_tokens
+            cols["temperature"][k], cols["top_p"][k], cols["top_k"][k] = (
+                req.temperature, req.top_p, req.top_k)
+            cols["seeds"][k], cols["index"][k] = req.seed, sample
+        self.state = self._fn("start")(
+            self.cache, self.state, logits, cols["row"], cols["slots"], cols["max_new"],
+            cols["temperature"], cols["top_p"], cols["top_k"], cols["seeds"], cols["index"],
+            self.stop_ids, self.eos_id)
+
+    def _copy(self, pairs: list[tuple[int, int]]) -> KVCache:
+        n = _round_up(len(pairs), 8)
+        src = np.zeros(n, np.int32)
+        dst = np.full(n, self.slots, np.int32)
+        for i, (a, b) in enumerate(pairs):
+            src[i], dst[i] = a, b
+        return self._fn("copy")(self.cache, src, dst)
+
+    def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        """All samples of all requests: result[i][j] is sample j of request i."""
+        pending: list[list] = []   # [request index, prompt ids, samples not yet started]
+        for i, r in enumerate(requests):
+            ids = np.asarray(list(r.prompt_ids), np.int32)
+            if len(ids) == 0:
+                raise ValueError(f"request {i}: empty prompt")
+            if len(ids) >= self.max_len:
+                raise ValueError(f"request {i}: prompt of {len(ids)} tokens does not fit the "
+                                 f"engine's max_len {self.max_len} (raise engine.max_seq_len)")
+            if not 1 <= r.max_new_tokens <= self.capacity:
+                raise ValueError(f"request {i}: max_new_tokens must be in [1, {self.capacity}], "
+                                 f"got {r.max_new_tokens}")
+            if r.num_samples < 1:
+                raise ValueError(f"request {i}: num_samples must be >= 1, got {r.num_samples}")
+            pending.append([i, ids, r.num_samples])
+        results: list[list] = [[None] * r.num_samples for r in requests]
+        live: dict[int, tuple[int, int, int]] = {}
+        self._next_sample: dict[int, int] = {}
+        gen_len = np.zeros(self.slots, np.int64)    # generated tokens, known after each chunk
+        while pending or self._busy.any():
+            self._admit(pending, requests, live)
+            active = np.flatnonzero(self._busy)
+            longest = int(max(self._cached_len[a] + max(gen_len[a] - 1, 0) for a in active))
+            kv_len = min(self.max_len, _round_up(longest + self.steps_per_call, self.kv_bucket))
+            t0 = time.perf_counter()
+            self.cache, self.state = self._fn("decode", num_steps=self.steps_per_call,
+                                              kv_len=kv_len)(
+                self.params, self.cache, self.state, self.stop_ids, self.eos_id)
+            done, n_gen, reason = jax.device_get(
+                (self.state.done, self.state.num_generated, self.state.stop_reason))
+            self.stats["decode_seconds"] += time.perf_counter() - t0
+            self.stats["decode_calls"] += 1
+            gen_len[:] = n_gen
+            finished = [int(a) for a in active if done[a]]
+            if finished:
+                out = np.asarray(jax.device_get(self.state.out[np.asarray(finished)]))
+                for row, slot in zip(out, finished):
+                    req_idx, sample, plen = live.pop(slot)
+                    ids = row[: n_gen[slot]].tolist()
+                    results[req_idx][sample] = Completion(
+                        ids, decode.STOP_REASON_NAMES[int(reason[slot])])
+                    self.stats["generated_tokens"] += len(ids)
+                    # the last token was sampled but never written to the cache
+                    cached = ids[:-1][: self.max_len - plen]
+                    self._tokens[slot, plen: plen + len(cached)] = cached
+                    self._cached_len[slot] = plen + len(cached)
+                    self._busy[slot] = False
+                    self._clock += 1
+                    self._last_used[slot] = self._clock
+                    gen_len[slot] = 0
+        return results
+
+    def _admit(self, pending: list, requests: Sequence[Request], live: dict) -> None:
+        """Fill free slots from the front of `pending`, one prefill batch at a time."""
+        while pending:
+            free = int((~self._busy).sum())
+            if free == 0:
+                return
+            groups = []
+            while pending and free > 0 and len(groups) < self.prefill_batch:
+                req_idx, ids, remaining = pending[0]
+                take = min(remaining, free)
+                groups.append((req_idx, ids, take, requests[req_idx]))
+                free -= take
+                if take == remaining:
+                    pending.pop(0)
+                else:
+                    pending[0][2] -= take
+            self._admit_round(groups, live)
