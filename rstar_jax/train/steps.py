@@ -146,7 +146,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
                      "opt_state": opt_state}
         metrics = {**sums, "loss": sums["numerator"] / denom,
-                   "grad_norm": optax.global_norm(grads)}
+                   "grad_norm": optax.tree.norm(grads)}
         return new_state, metrics
 
     return step
