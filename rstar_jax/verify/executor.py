@@ -61,6 +61,27 @@ REFERENCE_TIMEOUT_S = 30.0
 DEFAULT_PRELOAD = ("math", "cmath", "fractions", "decimal", "itertools", "functools",
                    "collections", "random", "statistics", "re", "sympy", "numpy", "scipy",
                    "scipy.special", "scipy.optimize", "scipy.integrate", "scipy.linalg")
+# Run once in each worker before it forks programs (our code, not the model's): it
+# performs the lazy imports and cache fills of common sympy/numpy/scipy calls, so
+# children inherit them instead of paying for them per program.
+DEFAULT_WARMUP = """
+import math, fractions, itertools
+from sympy import (symbols, Symbol, Eq, solve, simplify, expand, factor, Rational, sqrt,
+                   pi, N, integrate, diff, sin, cos, limit, nsimplify, latex, binomial,
+                   factorial, gcd, lcm, isprime, Matrix, summation, oo, log, exp)
+x, y, n = symbols('x y n')
+solve(Eq(3*x + 2, 5*x - 7), x); solve([x + y - 3, x - y - 1], [x, y]); solve(x**2 - 4, x)
+simplify((x**2 - 1)/(x - 1)); expand((x + 1)**3); factor(x**2 - 1)
+Rational(1, 3) + Rational(1, 6); sqrt(8); N(pi, 10); nsimplify(0.5); latex(x**2)
+integrate(x**2, (x, 0, 1)); diff(sin(x), x); limit(sin(x)/x, x, 0)
+summation(n**2, (n, 1, 10)); Matrix([[1, 2], [3, 4]]).det(); isprime(97)
+str(Rational(7, 3)); str(sqrt(2) / 2)
+import numpy as np
+a = np.array([1.0, 2.0, 3.0]); a.sum(); a.mean(); np.linalg.solve(np.eye(2), np.ones(2))
+np.roots([1, -3, 2]); str(a)
+import scipy.optimize, scipy.integrate
+scipy.optimize.brentq(lambda t: t*t - 2, 0, 2); scipy.integrate.quad(lambda t: t, 0, 1)
+"""
 # Time a worker gets, on top of the program timeout, before the main process assumes
 # the worker itself is stuck; and the time for a fresh worker to import its libraries.
 WATCHDOG_GRACE_S = 10.0
@@ -191,6 +212,9 @@ class PythonExecutor:
       max_file_bytes: largest file a program may write (RLIMIT_FSIZE).
       cache_size: programs whose results are kept (LRU); 0 disables the cache.
       preload: modules each worker imports once before forking programs.
+      warmup: trusted code each worker runs once after the imports, so programs start
+        with sympy's lazy imports and caches filled; None means `DEFAULT_WARMUP` when
+        sympy, numpy and scipy are all preloaded, else nothing.
 
     Use as a context manager, or call `close()`; `run` is safe to call from several
     threads (calls are serialised).
@@ -199,7 +223,8 @@ class PythonExecutor:
     def __init__(self, num_workers: int = 4, *, timeout_s: float = REFERENCE_TIMEOUT_S,
                  memory_limit_mb: int = 1024, max_output_bytes: int = 1 << 20,
                  max_result_chars: int = 4096, max_file_bytes: int = 16 << 20,
-                 cache_size: int = 16384, preload: Sequence[str] = DEFAULT_PRELOAD):
+                 cache_size: int = 16384, preload: Sequence[str] = DEFAULT_PRELOAD,
+                 warmup: str | None = None):
         if sys.platform != "linux":
             raise RuntimeError(f"PythonExecutor needs Linux (fork, rlimits, seccomp); "
                                f"this is {sys.platform}")
@@ -221,6 +246,8 @@ class PythonExecutor:
             "max_output_bytes": int(max_output_bytes),
             "max_result_chars": int(max_result_chars),
             "max_file_bytes": int(max_file_bytes), "preload": list(preload),
+            "warmup": (warmup if warmup is not None else DEFAULT_WARMUP
+                       if {"sympy", "numpy", "scipy"} <= set(preload) else ""),
             "base_dir": self._base_dir, "parent_pid": os.getpid()}
         self._cache: collections.OrderedDict[str, ExecResult] = collections.OrderedDict()
         self._hits = self._misses = self._restarts = 0
