@@ -106,6 +106,7 @@ def test_empty_answers_never_match():
     ("Final Answer: The final answer is 7.78.", "7.78"),
     ("Final Answer: The largest $n$ is 34.", "34"),
     ("So the ordered pair is $(7, 6)$.", "(7, 6)"),
+    ("Answer $ \\frac{1}{2} \\$ = \\frac{10}{9} $", "\\frac{1}{2} \\$ = \\frac{10}{9}"),
     ("Therefore $x \\geq 5$ is the solution.", "x \\geq 5"),
     ("the probability is 2/3. <|im_start|>user", "2/3"),
     ("total: 1,000.99 dollars", "1,000.99"),
@@ -137,7 +138,7 @@ def test_math_equal_extracts_from_a_full_solution():
     ("10", "10weeks"), ("125", "125\\text{ miles}"), ("0.06", "0.06 \\text{ yuan}"),
     # assignment vs value
     ("x=5", "5"), ("5", "x = 5"), ("-5, \\frac{14}{3}", "x = -5,\\ p = \\frac{14}{3}"),
-    ("(3, 2)", "(p,q)=(3,2)"),
+    ("(3, 2)", "(p,q)=(3,2)"), ("y = 2x + 3", "f(x) = 2x + 3"),
     # multiple choice
     ("(B)", "B"), ("B", "\\text{(B)}"), ("\\textbf{(B)}", "(B)"),
     # intervals, tuples, sets
@@ -180,7 +181,8 @@ def test_conventions_equal(pred, gold):
     ("11", "10 \\text{ cm}"), ("\\$7", "6"),
     # equations keep their left side unless it is a bare name
     ("1", "2x+z=1"), ("\\cos x=\\frac{42}{59}", "\\sin x=\\frac{42}{59}"),
-    ("D=(0,1.5)", "D=(0,1)"), ("x > 5", "x < 5"), ("x \\leq 5", "x \\geq 5"),
+    ("D=(0,1.5)", "D=(0,1)"), ("y=2", "x=2"), ("y = 2x + 3", "g(x) = 2x + 4"),
+    ("x > 5", "x < 5"), ("x \\leq 5", "x \\geq 5"),
     # multiple-choice letters
     ("C", "A"), ("(B)", "(D)"), ("B", "\\text{(C)}"),
     # clock times

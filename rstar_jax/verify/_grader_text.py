@@ -19,7 +19,7 @@ _ANSWER_PHRASE = re.compile(
     r"(?:final\s+answer|the\s+answer)\s*(?:is\s*:?|:)\s*", re.IGNORECASE)
 # Math delimited by $$..$$, $..$ (not the escaped \$), \[..\] or \(..\).
 _MATH_SEGMENT = re.compile(
-    r"\$\$([^$]+?)\$\$|(?<!\\)\$([^$]+?)(?<!\\)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.DOTALL)
+    r"\$\$((?:\\\$|[^$])+?)\$\$|(?<!\\)\$((?:\\\$|[^$])+?)(?<!\\)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.DOTALL)
 # Integers, thousands-grouped numbers, decimals and simple fractions like 2/3.
 # A decimal comma ("2,74") is kept whole too; math_equal reads it as 2.74 against a
 # decimal gold only.
@@ -252,8 +252,8 @@ _UNIT_WORDS = (
     r"hours?|hrs?|days?|weeks?|months?|years?|dollars?|cents?|yuan|euros?|degrees?|"
     r"people|persons?|students?|apples?|cookies?|pages?|marbles?|ways?|times|points?)"
     r"(?:\^\{?[23]\}?|²|³)?")
-# One-letter (and "in", "mi") units could be variables glued to a number ("3h" is a
-# height), so they are only stripped after a space.
+# One-letter (and "in", "mi") units could be variables glued to a number, so this layer
+# strips them only after a space (math-verify's own unit handling may still drop some).
 _SHORT_UNITS = r"(?:in|mi|m|g|l|s|h)(?:\^\{?[23]\}?|²|³)?"
 _PERCENT = re.compile(r"\s*(?:\\%|%|\\text\{\s*(?:percent|pct|percentage)\s*\}|"
                       r"\b(?:percent|pct|percentage)\b)\s*$", re.IGNORECASE)
@@ -289,6 +289,14 @@ def strip_conventions(s: str) -> str:
 # A simple left-hand side that only names the answer: x, y_1, a_{37}, AB, f(x), (p,q).
 _LABEL = r"(?:[A-Za-z]{1,3}(?:_\{?[A-Za-z0-9]+\}?)?'*(?:\([a-z]\))?|\([A-Za-z](?:\s*,\s*[A-Za-z])+\))"
 _LABELLED_ITEM = re.compile(r"\s*" + _LABEL + r"\s*=\s*(?!=)")
+
+
+def leading_label(s: str) -> str | None:
+    """The bare name before "=" in a one-item answer ("y = 2x+3" -> "y"), else None."""
+    match = _LABELLED_ITEM.match(s)
+    if not match or len(split_top_level(s)) != 1 or "=" in s[match.end():]:
+        return None
+    return s[: match.end()].strip().rstrip("=").strip()
 
 
 def strip_labels(s: str) -> str:

@@ -220,7 +220,11 @@ def _candidate_pairs(pred: str, gold: str) -> list[tuple[str, str]]:
     pairs = [(text.normalize(gold), text.normalize(pred))]
     gold_plain, pred_plain = text.strip_conventions(gold), text.strip_conventions(pred)
     pairs.append((gold_plain, pred_plain))
-    pairs.append((text.strip_labels(gold_plain), text.strip_labels(pred_plain)))
+    gold_bare, pred_bare = text.strip_labels(gold_plain), text.strip_labels(pred_plain)
+    # "x = 5" vs "5": a label on one side only. Labels on both sides must agree, which
+    # math-verify checks on the equations themselves ("x = 2" is not "y = 2").
+    if gold_bare == gold_plain or pred_bare == pred_plain or _same_function_label(gold_plain, pred_plain):
+        pairs.append((gold_bare, pred_bare))
     gold_rad, pred_rad = text.degrees_as_radians(gold), text.degrees_as_radians(pred)
     if gold_rad:
         pairs.append((gold_rad, pred_plain))
@@ -235,6 +239,13 @@ def _candidate_pairs(pred: str, gold: str) -> list[tuple[str, str]]:
         if pair not in unique and all(pair):
             unique.append(pair)
     return unique
+
+
+def _same_function_label(gold: str, pred: str) -> bool:
+    """"f(x) = 2x+3" and "y = 2x+3" both define the function of x: y and f(x) match."""
+    labels = {text.leading_label(gold), text.leading_label(pred)}
+    return len(labels) == 2 and "y" in labels and any(
+        label and re.fullmatch(r"[a-zA-Z]\(x\)", label) for label in labels)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -273,15 +284,16 @@ def _with_imaginary_unit(expr):
 
 
 def _numerically_close(pred: str, gold: str) -> bool:
-    """Relative tolerance REL_TOL, only when the gold value is not an integer."""
-    import sympy
+    """Relative tolerance REL_TOL, only when the gold value is finite and not an integer.
 
-    gold_value, pred_value = _number(gold), _number(pred)
-    if gold_value is None or pred_value is None:
+    Integer golds (counts, AIME answers) must match exactly, which math-verify already
+    decided: 1000001 is not 1000000, and 9999.857 is not 10,000.
+    """
+    gold_value = _number(gold)
+    if gold_value is None or not math.isfinite(gold_value) or gold_value == int(gold_value):
         return False
-    if gold_value == int(gold_value) if math.isfinite(gold_value) else True:
-        return False  # integers (and infinities) must match exactly; math-verify did that
-    return math.isclose(gold_value, pred_value, rel_tol=REL_TOL) and sympy is not None
+    pred_value = _number(pred)
+    return pred_value is not None and math.isclose(gold_value, pred_value, rel_tol=REL_TOL)
 
 
 def _number(answer: str) -> float | None:
