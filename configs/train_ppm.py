@@ -51,7 +51,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 
 def _tiny(c: ml_collections.ConfigDict) -> None:
-    c.epochs = 6
+    c.epochs = 10
     c.batch_size = 16
     c.micro_batch_size = 8
     c.eval_batch_size = 16
