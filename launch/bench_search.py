@@ -81,7 +81,8 @@ def run_jax(a):
     warm = T.init_tree(b, n, k)
     warm, cur = T.select_step(warm, np.zeros(b, np.int32), live)
     ins = _level_inputs(rng, np.ones(b, bool), k, a.answer_rate)
-    warm, cur = T.level_update(warm, np.asarray(cur), np.ones(b, bool), *ins)
+    warm, cur, _ = T.level_update(warm, np.asarray(cur), np.ones(b, bool), *ins,
+                                  max_path=a.depth + 2)
     jax.block_until_ready(cur)
     del warm
 
@@ -98,9 +99,11 @@ def run_jax(a):
             expanding = active & ~has_children[rows, safe] & (num_nodes + k <= n)
             ins = _level_inputs(rng, expanding, k, a.answer_rate)
             t0 = time.perf_counter()
-            dev, nxt = T.level_update(dev, cur.astype(np.int32), active, *ins)
+            dev, nxt, overflow = T.level_update(dev, cur.astype(np.int32), active, *ins,
+                                                max_path=a.depth + 2)
             nxt = np.asarray(nxt)       # the host needs the selected nodes: part of the cost
             level_times.append(time.perf_counter() - t0)
+            assert not np.asarray(overflow).any(), "backup path longer than depth + 2"
             has_children[rows[expanding], safe[expanding]] = True
             num_nodes += ins[0]
             cur = nxt

@@ -185,9 +185,14 @@ def _level(ch: _Chunk, cur: np.ndarray, proposer, executor, scorer, hooks: Hooks
                 n.terminal = True
 
     ch.ensure_capacity(num_new)
-    ch.dev, nxt = T.level_update(ch.dev, cur.astype(np.int32), active, num_new, child_term,
-                                 values, modes, make_term, **ch.kw)
+    ch.dev, nxt, overflow = T.level_update(ch.dev, cur.astype(np.int32), active, num_new,
+                                           child_term, values, modes, make_term,
+                                           max_path=int(cfg.max_depth) + 2, **ch.kw)
     ch.num_nodes += num_new
+    if np.asarray(overflow).any():
+        # Cannot happen while children deeper than max_depth are terminal (§2.5); a
+        # failure here means the tree arrays were edited outside the driver.
+        raise RuntimeError("level_update: a backup path exceeded max_depth + 2 nodes")
     return np.asarray(nxt)
 
 

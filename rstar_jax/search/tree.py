@@ -220,14 +220,34 @@ def _update_nodes(tree: Tree, nodes: jax.Array, counts: jax.Array, sums: jax.Arr
     )
 
 
+def _ancestors(tree: Tree, node: jax.Array, max_path: int) -> tuple[jax.Array, jax.Array]:
+    """Slots from `node` up to the root in one tree: ([max_path] int32, overflow bool).
+
+    Unused entries hold N (dropped by scatters). A fixed trip count keeps the vmapped
+    loop cheap: a data-dependent while_loop under vmap would re-select its whole carry
+    every iteration. `overflow` is True when the path is longer than `max_path`.
+    """
+    n = tree.num_slots
+
+    def body(i, carry):
+        cur, path = carry
+        path = path.at[i].set(jnp.where(cur >= 0, cur, n))
+        return jnp.where(cur >= 0, tree.parent[jnp.maximum(cur, 0)], NO_PARENT), path
+
+    last, path = jax.lax.fori_loop(0, max_path, body,
+                                   (node, jnp.full((max_path,), n, jnp.int32)))
+    return path, last != NO_PARENT
+
+
 def _backup_one(tree: Tree, parent: jax.Array, slots: jax.Array, values: jax.Array,
-                modes: jax.Array, make_terminal: jax.Array) -> Tree:
+                modes: jax.Array, make_terminal: jax.Array,
+                max_path: int) -> tuple[Tree, jax.Array]:
     """Back up the values of the new children `slots` ([K]) of `parent` in one tree.
 
     LOCAL children get `update(v)`; RECURSIVE children get `update(v)` and so does every
     ancestor from `parent` up to the root, in slot order (which fixes which value is an
     ancestor's first). `make_terminal` ([K] bool) marks children terminal (a PPM that
-    returned no score, §2.7). Slots < 0 are ignored.
+    returned no score, §2.7). Slots < 0 are ignored. Returns (tree, path overflow).
     """
     n = tree.num_slots
     real = slots >= 0
@@ -241,24 +261,16 @@ def _backup_one(tree: Tree, parent: jax.Array, slots: jax.Array, values: jax.Arr
     rec = real & (modes == RECURSIVE)
     count = jnp.sum(rec.astype(jnp.int32))
     total = jnp.sum(jnp.where(rec, values, 0.0))
-    first = values[jnp.argmax(rec.astype(jnp.int32))]                 # first recursive value in slot order
-
-    def cond(carry):
-        node, _ = carry
-        return (node != NO_PARENT) & (count > 0)
-
-    def body(carry):
-        node, t = carry
-        t = _update_nodes(t, node[None], count[None], total[None], first[None])
-        return t.parent[node], t
-
-    _, tree = jax.lax.while_loop(cond, body, (jnp.where(parent >= 0, parent, NO_PARENT), tree))
-    return tree
+    first = values[jnp.argmax(rec.astype(jnp.int32))]   # first recursive value in slot order
+    path, overflow = _ancestors(tree, jnp.where(count > 0, parent, NO_PARENT), max_path)
+    ones = jnp.ones_like(path)
+    tree = _update_nodes(tree, path, ones * count, ones * total, ones * first)
+    return tree, overflow
 
 
 def _level_one(tree: Tree, current: jax.Array, active: jax.Array, num_new: jax.Array,
                child_terminal: jax.Array, values: jax.Array, modes: jax.Array,
-               make_terminal: jax.Array, c_puct: float, unvisited_inf: bool):
+               make_terminal: jax.Array, c_puct: float, unvisited_inf: bool, max_path: int):
     """One tree level for one tree: expand `current`, back up values, select the next node.
 
     This is one pass of the reference's generate_postprocess + value_postprocess for one
@@ -269,8 +281,9 @@ def _level_one(tree: Tree, current: jax.Array, active: jax.Array, num_new: jax.A
     tree = _expand_one(tree, current, num_new, child_terminal)
     offs = jnp.arange(tree.num_child_slots, dtype=jnp.int32)
     slots = jnp.where(offs < num_new, start + offs, -1)
-    tree = _backup_one(tree, current, slots, values, modes, make_terminal)
-    return _select_one(tree, current, active, c_puct, unvisited_inf)
+    tree, overflow = _backup_one(tree, current, slots, values, modes, make_terminal, max_path)
+    tree, nxt = _select_one(tree, current, active, c_puct, unvisited_inf)
+    return tree, nxt, overflow
 
 
 @functools.partial(jax.jit, static_argnames=("c_puct", "unvisited_inf"), donate_argnums=0)
@@ -290,11 +303,12 @@ def select_step(tree: Tree, nodes: jax.Array, active: jax.Array, *, c_puct: floa
     return fn(tree, nodes, active)
 
 
-@functools.partial(jax.jit, static_argnames=("c_puct", "unvisited_inf"), donate_argnums=0)
+@functools.partial(jax.jit, static_argnames=("c_puct", "unvisited_inf", "max_path"),
+                   donate_argnums=0)
 def level_update(tree: Tree, current: jax.Array, active: jax.Array, num_new: jax.Array,
                  child_terminal: jax.Array, values: jax.Array, modes: jax.Array,
-                 make_terminal: jax.Array, *, c_puct: float = 2.0,
-                 unvisited_inf: bool = False) -> tuple[Tree, jax.Array]:
+                 make_terminal: jax.Array, *, c_puct: float = 2.0, unvisited_inf: bool = False,
+                 max_path: int = 32) -> tuple[Tree, jax.Array, jax.Array]:
     """One tree level in every tree: add children, back up values, select the next node.
 
     Args:
@@ -306,8 +320,12 @@ def level_update(tree: Tree, current: jax.Array, active: jax.Array, num_new: jax
       values: [B, K] float32 value of each new child.
       modes: [B, K] int32, NO_UPDATE / LOCAL / RECURSIVE per new child.
       make_terminal: [B, K] bool, mark the new child terminal after its update.
+      max_path: static bound on root-to-`current` path length (nodes); the MCTS driver
+        passes max_depth + 2, as no node is deeper than max_depth + 1 (§2.5).
     Returns:
-      (tree, [B] int32 next node per tree, NO_CHILD where the rollout stops).
+      (tree, [B] int32 next node per tree (NO_CHILD where the rollout stops),
+       [B] bool overflow: a recursive backup met a path longer than max_path; the
+       caller must raise, the backup above max_path nodes was not applied).
     """
     _check_rows(tree, nodes=current, active=active, num_new=num_new)
     k = tree.num_child_slots
@@ -316,7 +334,8 @@ def level_update(tree: Tree, current: jax.Array, active: jax.Array, num_new: jax
         if arr.shape != (tree.batch_size, k):
             raise ValueError(f"level_update: {name} must have shape {(tree.batch_size, k)} "
                              f"(B, K), got {arr.shape}")
-    fn = jax.vmap(functools.partial(_level_one, c_puct=c_puct, unvisited_inf=unvisited_inf))
+    fn = jax.vmap(functools.partial(_level_one, c_puct=c_puct, unvisited_inf=unvisited_inf,
+                                    max_path=max_path))
     return fn(tree, current, active, num_new, child_terminal, values, modes, make_terminal)
 
 
