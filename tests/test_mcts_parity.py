@@ -72,7 +72,7 @@ def _walk(n):
 def test_jitted_mcts_matches_plain_python_data_generation(batch, with_scorer):
     cfg = load_search_config("round2", **BASE)
     kinds = set()
-    for seed in range(6):
+    for seed in range(4):
         for t in _compare(_problems(batch, seed), cfg, seed, with_scorer):
             kinds |= {_kind(n) for n in t.nodes}
     if batch >= 3:
@@ -89,7 +89,7 @@ def _kind(node):
 @pytest.mark.parametrize("errors_threshold", [1, 2])
 def test_jitted_mcts_matches_plain_python_inference_with_ppm(errors_threshold):
     cfg = load_search_config("eval_mcts", **BASE, errors_threshold=errors_threshold)
-    for seed in range(6):
+    for seed in range(4):
         _compare(_problems(3, 100 + seed), cfg, 100 + seed, True)
 
 
