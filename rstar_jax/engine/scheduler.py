@@ -55,6 +55,11 @@ class Completion:
     text: str = ""
 
 
+# Jitted device functions keyed by (name, model config, static args, mesh, rules), so
+# engines over the same model and mesh (tests, re-created proposers) compile once.
+_JIT_CACHE: dict = {}
+
+
 def _round_up(x: int, m: int) -> int:
     return max(m, -(-x // m) * m)
 
@@ -122,43 +127,31 @@ class GenerationEngine:
             self.state = jax.device_put(state, st_shard)
             self._shardings = dict(params=p_shard, cache=c_shard, state=st_shard, repl=repl)
         self._mesh = mesh
-        self._cache_fns: dict = {}
+        self._rules_key = None if rules is None else tuple(sorted(rules.items()))
 
     def _fn(self, name: str, **static):
-        """The jitted `name` for these static arguments, built once."""
-        key = (name, tuple(sorted(static.items())))
-        if key in self._cache_fns:
-            return self._cache_fns[key]
-        cfg = self.cfg
+        """The jitted `name` for these static arguments (shared by engines of one model/mesh)."""
         sh = getattr(self, "_shardings", None)
-        if name == "decode":
-            f = functools.partial(decode.decode_steps, cfg=cfg, **static)
-            donate = (1, 2)
-            ins = None if sh is None else (sh["params"], sh["cache"], sh["state"], sh["repl"], sh["repl"])
-            outs = None if sh is None else (sh["cache"], sh["state"])
-        elif name == "prefill":
-            f = functools.partial(decode.prefill, cfg=cfg, **static)
-            donate = (1,)
-            ins = None if sh is None else (sh["params"], sh["cache"]) + (sh["repl"],) * 4
-            outs = None if sh is None else (sh["cache"], sh["repl"])
-        elif name == "copy":
-            f = copy_rows
-            donate = (0,)
-            ins = None if sh is None else (sh["cache"], sh["repl"], sh["repl"])
-            outs = None if sh is None else sh["cache"]
-        elif name == "start":
-            f = decode.start_slots
-            donate = (1,)
-            ins = None if sh is None else (sh["cache"], sh["state"]) + (sh["repl"],) * 11
-            outs = None if sh is None else sh["state"]
-        else:
-            raise KeyError(name)
-        kw = {} if sh is None else dict(in_shardings=ins, out_shardings=outs)
+        key = (name, self.cfg, tuple(sorted(static.items())), self._mesh, self._rules_key)
+        if key in _JIT_CACHE:
+            return _JIT_CACHE[key]
+        f, donate, ins, outs = {
+            "decode": (functools.partial(decode.decode_steps, cfg=self.cfg, **static), (1, 2),
+                       lambda: (sh["params"], sh["cache"], sh["state"], sh["repl"], sh["repl"]),
+                       lambda: (sh["cache"], sh["state"])),
+            "prefill": (functools.partial(decode.prefill, cfg=self.cfg, **static), (1,),
+                        lambda: (sh["params"], sh["cache"]) + (sh["repl"],) * 4,
+                        lambda: (sh["cache"], sh["repl"])),
+            "copy": (copy_rows, (0,), lambda: (sh["cache"], sh["repl"], sh["repl"]),
+                     lambda: sh["cache"]),
+            "start": (decode.start_slots, (1,), lambda: (sh["cache"], sh["state"]) + (sh["repl"],) * 11,
+                      lambda: sh["state"]),
+        }[name]
+        kw = {} if sh is None else dict(in_shardings=ins(), out_shardings=outs())
         # CPU cannot donate buffers (it warns and copies), so donate only on accelerators.
         if jax.default_backend() == "cpu":
             donate = ()
-        fn = jax.jit(f, donate_argnums=donate, **kw)
-        self._cache_fns[key] = fn
+        fn = _JIT_CACHE[key] = jax.jit(f, donate_argnums=donate, **kw)
         return fn
 
     # ---- host scheduling ---------------------------------------------------------------
@@ -182,24 +175,34 @@ class GenerationEngine:
         live: slot -> (request index, sample index, prompt length), filled here.
         """
         s = self.slots
-        claimed: set[int] = set()
-        plan = []   # (group, source slot or -1, reuse length, prefill slot, extra slots)
+        # Sources are read (copied) before anything in this round is written, so every
+        # group looks up its prefix in the map as it was when the round began.
+        sources = []
         for g in groups:
-            ids = g[1]
-            lcp = self._lcp(ids)
-            if claimed:   # rows claimed this round are about to be rewritten
-                lcp[sorted(claimed)] = 0
+            lcp = self._lcp(g[1])
             src = int(np.argmax(lcp))
-            reuse = int(min(lcp[src], len(ids) - 1)) if lcp[src] > 0 else 0
-            if reuse > 0 and not self._busy[src] and src not in claimed:
-                dst = src                                  # extend the row in place
-            else:
-                dst = self._free_slots(claimed)[0]
-            claimed.add(dst)
-            extra = self._free_slots(claimed)[: g[2] - 1]
-            claimed.update(extra)
-            plan.append((g, src if reuse > 0 else -1, reuse, dst, extra))
+            reuse = int(min(lcp[src], len(g[1]) - 1))
+            sources.append((src, reuse) if reuse > 0 else (-1, 0))
+        wanted = {src for src, _ in sources if src >= 0}
+        claimed: set[int] = set()
 
+        def take(n: int) -> list[int]:
+            # least recently used free rows, keeping rows that other groups reuse for last
+            free = self._free_slots(claimed)
+            free.sort(key=lambda i: i in wanted)
+            claimed.update(free[:n])
+            return free[:n]
+
+        plan = []   # (group, source slot or -1, reuse length, prefill slot, extra slots)
+        for g, (src, reuse) in zip(groups, sources):
+            if src >= 0 and not self._busy[src] and src not in claimed:
+                dst = src                                  # extend the row in place
+                claimed.add(dst)
+            else:
+                dst = take(1)[0]
+            plan.append([g, src, reuse, dst, None])
+        for item in plan:                                  # fork targets are written last
+            item[4] = take(item[0][2] - 1)
         # 1. copy reused prefixes into their prefill slots (all sources read first)
         copies = [(src, dst) for _, src, reuse, dst, _ in plan if reuse > 0 and src != dst]
         if copies:

@@ -1,0 +1,127 @@
+"""The search-facing protocols of DESIGN.md on top of the engine: a proposer and a scorer.
+
+proposer.propose(prompts, num_samples, temperature) -> list[list[str]]: each proposal is
+one step's text ending with the stop tag it stopped on (the reference re-appends vLLM's
+stop string, rstar_reference §2.2); a step that hit EOS or the token limit has no tag.
+scorer.score(prompts) -> list[float]: PPM tanh(v / 5) at each prompt's last token.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import jax
+import numpy as np
+
+from rstar_jax.engine.scheduler import Completion, GenerationEngine, Request
+from rstar_jax.models.config import Qwen2Config
+from rstar_jax.models.qwen2 import forward_scores
+from rstar_jax.models.tokenizer import step_token_ids
+from rstar_jax.search.step_format import STOP_TAGS
+
+
+def stop_token_ids(tokenizer, tags: Sequence[str] = STOP_TAGS) -> list[int]:
+    """Token ids of the stop tags; each must be one special token of the tokenizer."""
+    ids = step_token_ids(tokenizer)
+    missing = [t for t in tags if t not in ids]
+    if missing:
+        raise ValueError(f"stop tags {missing} are not step tokens of the tokenizer")
+    return [ids[t] for t in tags]
+
+
+class EngineProposer:
+    """Proposes next steps with a GenerationEngine; counts generated tokens for progress bars.
+
+    Seeds: request i of call c gets its own stream derived from (seed, c, i), so repeated
+    expansions of one node differ and a rerun with the same seed repeats exactly (the
+    reference fixes vLLM's seed to 0 for every run, rstar_reference §2.2).
+    """
+
+    def __init__(self, engine: GenerationEngine, tokenizer, *, max_new_tokens: int = 2048,
+                 top_p: float = 1.0, top_k: int = -1, seed: int = 0):
+        self.engine, self.tokenizer = engine, tokenizer
+        self.max_new_tokens, self.top_p, self.top_k, self.seed = max_new_tokens, top_p, top_k, seed
+        self.eos_id = tokenizer.eos_token_id
+        self.tokens_generated = 0
+        self.prompt_tokens = 0
+        self._calls = 0
+
+    def complete(self, prompts: Sequence[str], num_samples: int,
+                 temperature: float) -> list[list[Completion]]:
+        """Completions with text, token ids and stop reason."""
+        seeds = np.random.SeedSequence([self.seed, self._calls]).generate_state(
+            max(len(prompts), 1)) & 0x7FFFFFFF
+        self._calls += 1
+        requests = []
+        for p, s in zip(prompts, seeds):
+            ids = self.tokenizer.encode(p, add_special_tokens=False)
+            self.prompt_tokens += len(ids)
+            requests.append(Request(ids, num_samples=num_samples,
+                                    max_new_tokens=self.max_new_tokens,
+                                    temperature=float(temperature), top_p=self.top_p,
+                                    top_k=self.top_k, seed=int(s)))
+        results = self.engine.generate(requests)
+        for samples in results:
+            for c in samples:
+                self.tokens_generated += len(c.token_ids)
+                ids = c.token_ids
+                if c.stop_reason == "eos":
+                    ids = ids[:-1]    # as vLLM: EOS ends the text but is not part of it
+                c.text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        return results
+
+    def propose(self, prompts: Sequence[str], num_samples: int,
+                temperature: float) -> list[list[str]]:
+        return [[c.text for c in samples]
+                for samples in self.complete(prompts, num_samples, temperature)]
+
+
+def _pow2_at_least(n: int, floor: int) -> int:
+    return max(floor, 1 << (max(n, 1) - 1).bit_length())
+
+
+class EngineScorer:
+    """PPM scores of whole prompts, in fixed-size batches bucketed by padded length.
+
+    Lengths are padded to powers of two (>= min_len), so at most log2(max_len) shapes
+    compile. Prompts longer than max_len keep their last max_len tokens: the scored step
+    sits at the end, and the reference's head truncation can cut it off (vllm #10794).
+    """
+
+    def __init__(self, ppm_params: dict, cfg: Qwen2Config, tokenizer, *, batch_size: int = 64,
+                 min_len: int = 64, max_len: int = 4096, mesh=None, rules: Mapping | None = None):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.batch_size, self.min_len, self.max_len = batch_size, min_len, max_len
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        if mesh is not None:
+            from rstar_jax.models.forward import jit_scores
+            from rstar_jax.models.sharding import shard_params
+            self.params = shard_params(ppm_params, mesh, rules)
+            self._fn = jit_scores(cfg, self.params, mesh, rules, batch_size)
+        else:
+            self.params = ppm_params
+            self._fn = jax.jit(lambda p, ids, mask: forward_scores(p, cfg, ids, mask))
+
+    def score_ids(self, ids: Sequence[Sequence[int]]) -> list[float]:
+        ids = [list(x)[-self.max_len:] for x in ids]
+        if any(len(x) == 0 for x in ids):
+            raise ValueError("scorer: a prompt tokenized to zero tokens")
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = np.zeros(len(ids), np.float32)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start: start + self.batch_size]
+            t = min(_pow2_at_least(max(len(ids[i]) for i in chunk), self.min_len),
+                    _pow2_at_least(self.max_len, self.min_len))
+            tokens = np.full((self.batch_size, t), self.pad_id, np.int32)
+            mask = np.zeros((self.batch_size, t), np.int32)
+            mask[:, 0] = 1     # padding rows score a single token and are discarded
+            for r, i in enumerate(chunk):
+                tokens[r, : len(ids[i])] = ids[i]
+                mask[r, : len(ids[i])] = 1
+            scores = np.asarray(jax.device_get(self._fn(self.params, tokens, mask)))
+            out[chunk] = scores[: len(chunk)]
+        return out.tolist()
+
+    def score(self, prompts: Sequence[str]) -> list[float]:
+        return self.score_ids([self.tokenizer.encode(p, add_special_tokens=False)
+                               for p in prompts])
