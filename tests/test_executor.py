@@ -32,12 +32,21 @@ def run1(ex, program):
     return ex.run([program])[0]
 
 
+def assert_no_leftovers(ex):
+    """No program's private directory survives `run`: what is left in the base directory
+    are the (empty) directories of the workers' pre-forked children, one per worker."""
+    left = os.listdir(ex.base_dir)
+    assert len(left) <= len(ex._workers) + ex.cache_info()["worker_restarts"], left
+    for name in left:
+        assert os.listdir(os.path.join(ex.base_dir, name)) == [], name
+
+
 def assert_healthy(ex):
     """The pool still answers correctly, with no private directory left behind."""
     n = next(_fresh) + 1000  # a new program each time, so this is not a cache hit
     results = ex.run([f"x = {n}\nx * 2", f"print({n} + 1)"])
     assert [r.output for r in results] == [str(2 * n), str(n + 1)]
-    assert os.listdir(ex.base_dir) == []
+    assert_no_leftovers(ex)
 
 
 @pytest.fixture
@@ -111,9 +120,11 @@ def test_each_program_gets_a_fresh_namespace_and_modules(executor):
 
 def test_files_live_in_a_private_cwd_that_is_removed(executor):
     program = ("import os\nopen('note.txt', 'w').write('hi')\n"
-               "print(open('note.txt').read(), os.getcwd() != '/')")
-    assert run1(executor, program).output == "hi True"
-    assert os.listdir(executor.base_dir) == []
+               "print(open('note.txt').read(), os.getcwd())")
+    text, cwd = run1(executor, program).output.split()
+    assert text == "hi" and os.path.dirname(cwd) == executor.base_dir
+    assert not os.path.exists(cwd)
+    assert_no_leftovers(executor)
 
 
 def test_cache_hits_return_the_stored_result(executor):
@@ -213,8 +224,11 @@ def test_fork_bomb_is_refused(executor, main_process_unharmed):
     _check_hostile(executor, "import os\nwhile True:\n    os.fork()",
                    output_prefix="PermissionError")
     for worker in executor._workers:  # no process survived under any worker
-        children = open(f"/proc/{worker.proc.pid}/task/{worker.proc.pid}/children").read()
-        assert children.strip() == ""
+        pid = worker.proc.pid
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+        assert len(children) <= 1, children  # only the pre-forked spare
+        for child in children:
+            assert open(f"/proc/{child}/task/{child}/children").read().strip() == ""
 
 
 def test_subprocess_is_refused(executor, main_process_unharmed):

@@ -32,6 +32,9 @@ import time
 
 _HEADER = struct.Struct(">Q")
 MAX_RESULT_BYTES = 1 << 20  # a child cannot make its worker buffer more than this
+# Precedes the program on a child's program pipe, so an empty program differs from a
+# pipe closed without one (worker shutting down).
+_PROGRAM_MARK = b"P"
 
 
 def read_message(fd: int) -> dict | None:
@@ -81,9 +84,27 @@ def _vm_size_bytes() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _child(program: str, private_dir: str, result_fd: int, config: dict, worker_pid: int,
+class Child:
+    """Worker-side handle of one forked child: pre-forked, confined, waiting for a program."""
+
+    def __init__(self, pid: int, pidfd: int | None, private_dir: str, program_fd: int,
+                 result_fd: int):
+        self.pid = pid
+        self.pidfd = pidfd
+        self.private_dir = private_dir
+        self.program_fd = program_fd  # write end; closed once the program is handed over
+        self.result_fd = result_fd    # read end
+        self.start = 0.0
+
+
+def _child(private_dir: str, program_fd: int, result_fd: int, config: dict, worker_pid: int,
            read_paths: list[str], sandbox, runner) -> None:
-    """Body of the forked child; never returns."""
+    """Body of the forked child; never returns.
+
+    Every confinement step happens before the program is read: the child is fully
+    confined while it waits as the worker's spare, then reads exactly one program,
+    runs it, reports and exits.
+    """
     try:
         os.setsid()
         sandbox.set_parent_death_signal()
@@ -92,8 +113,9 @@ def _child(program: str, private_dir: str, result_fd: int, config: dict, worker_
         devnull = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        # Only the result pipe survives: no protocol pipe, no other descriptor.
-        keep = sorted({0, 1, 2, result_fd})
+        # Only the two pipes to the worker survive: no protocol pipe, no descriptor of a
+        # sibling child, nothing else.
+        keep = sorted({0, 1, 2, program_fd, result_fd})
         for low, high in zip(keep, keep[1:] + [1 << 20]):
             if high > low + 1:
                 os.closerange(low + 1, high)
@@ -106,19 +128,37 @@ def _child(program: str, private_dir: str, result_fd: int, config: dict, worker_
             private_dir=private_dir, read_paths=read_paths,
             address_space_bytes=_vm_size_bytes() + int(config["memory_limit_mb"]) * (1 << 20),
             cpu_seconds=int(timeout) + 2, file_size_bytes=int(config["max_file_bytes"]))
-    except BaseException as exc:  # refuse to run unconfined
+    except BaseException as exc:  # refuse to run unconfined (the program is never read)
         payload = {"output": f"SandboxError: could not confine the program: {exc!r}",
                    "raised": True, "abnormal": True}
         write_all(result_fd, json.dumps(payload).encode())
         os._exit(0)
+    data = _read_to_end(program_fd)
+    os.close(program_fd)
+    if not data.startswith(_PROGRAM_MARK):  # the worker shut down without handing one over
+        os._exit(0)
+    program = data[len(_PROGRAM_MARK):].decode("utf-8", "surrogatepass")
+    del data
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     output, raised, abnormal = runner.run_program(
         program, namespace, int(config["max_output_bytes"]), int(config["max_result_chars"]))
     payload = {"output": output, "raised": raised, "abnormal": abnormal}
     try:
         write_all(result_fd, json.dumps(payload).encode())
+        # Closing before exit lets the worker see the end of the result while the kernel
+        # is still tearing down this address space (several ms for a large heap).
+        os.close(result_fd)
     finally:
         os._exit(0)
+
+
+def _read_to_end(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def _signal_name(signum: int) -> str:
@@ -128,85 +168,126 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def run_one(program: str, config: dict, read_paths: list[str], sandbox, runner) -> dict:
-    """Fork, confine, run, collect, clean up; return the reply for the main process."""
-    timeout = float(config["timeout_s"])
+def fork_child(config: dict, read_paths: list[str], sandbox, runner) -> Child:
+    """Fork one child that confines itself and then waits for its program."""
     private_dir = tempfile.mkdtemp(prefix="prog_", dir=config["base_dir"])
-    read_fd, write_fd = os.pipe()
-    start = time.monotonic()
+    program_r, program_w = os.pipe()
+    result_r, result_w = os.pipe()
+    worker_pid = os.getpid()
     pid = os.fork()
     if pid == 0:
         try:
-            os.close(read_fd)
-            _child(program, private_dir, write_fd, config, os.getppid(), read_paths,
+            _child(private_dir, program_r, result_w, config, worker_pid, read_paths,
                    sandbox, runner)
         finally:
             os._exit(70)
-    os.close(write_fd)
-    deadline = start + timeout
-    chunks, size, status, timed_out = [], 0, None, False
+    os.close(program_r)
+    os.close(result_w)
     try:
         pidfd = os.pidfd_open(pid)
     except (AttributeError, OSError):
         pidfd = None
-    watch = [read_fd] + ([pidfd] if pidfd is not None else [])
+    return Child(pid, pidfd, private_dir, program_w, result_r)
+
+
+def hand_over(child: Child, program: str) -> None:
+    """Give the child its (only) program; its wall-clock timeout starts now."""
+    child.start = time.monotonic()
     try:
-        while watch or (pidfd is None and status is None):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            if not watch:  # no pidfd on this kernel: poll for the exit
-                waited, st = os.waitpid(pid, os.WNOHANG)
-                if waited:
-                    status = st
-                else:
-                    time.sleep(min(remaining, 0.005))
-                continue
-            ready, _, _ = select.select(watch, [], [], remaining)
-            if read_fd in ready:
-                chunk = os.read(read_fd, 65536)
-                if not chunk:
-                    watch.remove(read_fd)
-                elif size < MAX_RESULT_BYTES:
-                    chunks.append(chunk)
-                    size += len(chunk)
-            if pidfd is not None and pidfd in ready:
-                watch.remove(pidfd)  # exited; the loop still drains the pipe
-        # One killpg takes the child and anything it left in its group, before the
-        # child is reaped so its process group id cannot have been reused.
-        for kill, target in ((os.killpg, pid), (os.kill, pid)):
-            try:  # os.kill too: a child killed before its setsid leads no group yet
-                kill(target, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if status is None:
-            status = os.waitpid(pid, 0)[1]
+        write_all(child.program_fd, _PROGRAM_MARK + program.encode("utf-8", "surrogatepass"))
+    except BrokenPipeError:
+        pass  # the child is gone (failed confinement or killed); `collect` reports it
     finally:
-        os.close(read_fd)
-        if pidfd is not None:
-            os.close(pidfd)
-        shutil.rmtree(private_dir, ignore_errors=True)
-    duration = time.monotonic() - start
+        os.close(child.program_fd)
+        child.program_fd = -1
+
+
+def _kill_group(child: Child) -> None:
+    # One killpg takes the child and anything it left in its group, before the child is
+    # reaped so its process group id cannot have been reused.
+    for kill, target in ((os.killpg, child.pid), (os.kill, child.pid)):
+        try:  # os.kill too: a child killed before its setsid leads no group yet
+            kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def reap(child: Child) -> int:
+    """Kill (if still alive), wait for and clean up after a child; its wait status."""
+    _kill_group(child)
+    status = os.waitpid(child.pid, 0)[1]
+    for fd in (child.program_fd, child.result_fd, child.pidfd):
+        if fd is not None and fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    child.program_fd = child.result_fd = -1
+    child.pidfd = None
+    shutil.rmtree(child.private_dir, ignore_errors=True)
+    return status
+
+
+def collect(child: Child, config: dict) -> tuple[dict, bool]:
+    """Wait for the child's result (or its timeout) and kill its process group.
+
+    Returns the reply for the main process and whether the child still has to be
+    `reap`-ed (True only for a result the child reported itself; otherwise it has been
+    reaped here, since the wait status is part of the reply).
+    """
+    timeout = float(config["timeout_s"])
+    deadline = child.start + timeout
+    chunks, size, timed_out, exited = [], 0, False, False
+    read_fd = child.result_fd
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            timed_out = True
+            break
+        if exited or child.pidfd is None:
+            watch = [read_fd]
+        else:
+            watch = [read_fd, child.pidfd]
+        ready, _, _ = select.select(watch, [], [], 0 if exited else remaining)
+        if read_fd in ready:
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break  # the child closed its end: it has said everything
+            if size < MAX_RESULT_BYTES:
+                chunks.append(chunk)
+                size += len(chunk)
+            continue
+        if exited:
+            break  # exited and the pipe is drained (something else may hold it open)
+        if child.pidfd is not None and child.pidfd in ready:
+            exited = True
+    _kill_group(child)
+    duration = time.monotonic() - child.start
     reply = {"duration_s": duration, "timed_out": timed_out}
     if timed_out:
+        reap(child)
         reply.update(output=("TimeoutError: Execution of the code snippet has timed out "
                              f"for exceeding {timeout:g} seconds."),
                      raised=True, abnormal=True)
-        return reply
+        return reply, False
     try:
         reply.update(json.loads(b"".join(chunks).decode("utf-8")))
         reply["output"] = str(reply["output"])
-        return reply
+        return reply, True
     except (ValueError, KeyError, TypeError):
         pass
+    status = reap(child)
     if os.WIFSIGNALED(status):
         what = f"was killed by {_signal_name(os.WTERMSIG(status))}"
     else:
         what = f"exited with status {os.waitstatus_to_exitcode(status)}"
     reply.update(output=f"SandboxError: the program's process {what} before reporting a result",
                  raised=True, abnormal=True)
-    return reply
+    return reply, False
+
+
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def main() -> None:
@@ -248,13 +329,31 @@ def main() -> None:
     write_all(out_fd, encode_message({"ready": True, "pid": os.getpid(),
                                       "preloaded": preloaded, "failed": failed,
                                       "landlock_abi": sandbox.landlock_abi()}))
-    while True:
-        message = read_message(in_fd)
-        if message is None:
-            return
-        reply = run_one(message["program"], config, read_paths, sandbox, runner)
-        reply["id"] = message["id"]
-        write_all(out_fd, encode_message(reply))
+    spare = fork_child(config, read_paths, sandbox, runner)
+    to_reap: list[Child] = []
+    try:
+        while True:
+            message = read_message(in_fd)
+            if message is None:
+                return
+            running, spare = spare, None
+            hand_over(running, message["program"])
+            del message
+            # The next program's process is forked and confined while this one runs;
+            # the previous one's teardown is waited for now too, off the critical path.
+            spare = fork_child(config, read_paths, sandbox, runner)
+            while to_reap:
+                reap(to_reap.pop())
+            reply, needs_reap = collect(running, config)
+            if needs_reap:
+                if _readable(in_fd):
+                    to_reap.append(running)  # more work queued: clean up after handing it on
+                else:
+                    reap(running)  # idle next: clean up before answering
+            write_all(out_fd, encode_message(reply))
+    finally:
+        for child in to_reap + ([spare] if spare is not None else []):
+            reap(child)
 
 
 if __name__ == "__main__":

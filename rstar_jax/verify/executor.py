@@ -87,6 +87,9 @@ scipy.optimize.brentq(lambda t: t*t - 2, 0, 2); scipy.integrate.quad(lambda t: t
 WATCHDOG_GRACE_S = 10.0
 STARTUP_TIMEOUT_S = 180.0
 MAX_STARTUP_FAILURES = 3
+# Programs sent to one worker before its first answer: the second waits in the pipe, so
+# the worker hands it to its pre-forked child the moment the first one is answered.
+MAX_IN_FLIGHT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,15 +146,24 @@ class _Worker:
         self.buffer = bytearray()
         self.ready = False
         self.started = time.monotonic()
-        self.job: str | None = None  # program text being run
+        # Programs sent and not yet answered, oldest first: the worker runs the first and
+        # reads the next only after answering it (see `MAX_IN_FLIGHT`).
+        self.jobs: collections.deque[str] = collections.deque()
         self.startup_failures = 0  # consecutive deaths before "ready" in this slot
         self.deadline = 0.0
 
     def send(self, program: str, timeout_s: float) -> None:
-        self.job = program
-        self.deadline = time.monotonic() + timeout_s + WATCHDOG_GRACE_S
-        self.proc.stdin.write(_zygote.encode_message({"id": 0, "program": program}))
+        if not self.jobs:  # else the deadline is the running program's; see `answered`
+            self.deadline = time.monotonic() + timeout_s + WATCHDOG_GRACE_S
+        self.jobs.append(program)
+        self.proc.stdin.write(_zygote.encode_message({"program": program}))
         self.proc.stdin.flush()
+
+    def answered(self, timeout_s: float) -> str:
+        """Pop the program just answered; the next queued one (if any) starts now."""
+        program = self.jobs.popleft()
+        self.deadline = time.monotonic() + timeout_s + WATCHDOG_GRACE_S
+        return program
 
     def read_messages(self) -> list[dict] | None:
         """Messages now complete; None when the worker closed its end (it died)."""
@@ -353,15 +365,16 @@ class PythonExecutor:
         selector = selectors.DefaultSelector()
         try:
             while len(done) < len(programs):
-                for worker in list(self._workers):
-                    if worker.ready and worker.job is None and pending:
-                        program = pending.popleft()
-                        try:
-                            worker.send(program, self.timeout_s)
-                        except OSError:  # died while idle: replace it, retry the program
-                            pending.appendleft(program)
-                            self._replace(worker)
-                active = [w for w in self._workers if not w.ready or w.job is not None]
+                # Breadth first: every worker gets one program before any gets a second.
+                for depth in range(1, MAX_IN_FLIGHT + 1):
+                    for worker in list(self._workers):
+                        if worker.ready and len(worker.jobs) < depth and pending:
+                            program = pending.popleft()
+                            try:
+                                worker.send(program, self.timeout_s)
+                            except OSError:  # it died: replace it
+                                self._worker_died(worker, done, pending, started=True)
+                active = [w for w in self._workers if not w.ready or w.jobs]
                 if not active:
                     continue
                 now = time.monotonic()
@@ -373,13 +386,14 @@ class PythonExecutor:
                 for worker in active:
                     selector.unregister(worker.fd)
                 for key, _ in events:
-                    self._on_readable(key.data, done)
-                self._check_deadlines(done)
+                    self._on_readable(key.data, done, pending)
+                self._check_deadlines(done, pending)
         finally:
             selector.close()
         return done
 
-    def _on_readable(self, worker: _Worker, done: dict[str, ExecResult]) -> None:
+    def _on_readable(self, worker: _Worker, done: dict[str, ExecResult],
+                     pending: collections.deque) -> None:
         messages = worker.read_messages()
         if messages is None:  # the worker died
             if not worker.ready:
@@ -394,11 +408,7 @@ class PythonExecutor:
                 if failures >= MAX_STARTUP_FAILURES:
                     raise RuntimeError(message)
                 return
-            if worker.job is not None:
-                done[worker.job] = ExecResult(
-                    output="SandboxError: the executor worker died while running this "
-                           "program", error=True, raised=True)
-            self._replace(worker)
+            self._worker_died(worker, done, pending)
             return
         for message in messages:
             if message.get("ready"):
@@ -412,11 +422,24 @@ class PythonExecutor:
                                 error=abnormal or "error" in output.lower(),
                                 timed_out=timed_out, raised=bool(message.get("raised")),
                                 duration_s=float(message.get("duration_s", 0.0)))
-            done[worker.job] = result
-            self._cache_put(worker.job, result)
-            worker.job = None
+            program = worker.answered(self.timeout_s)
+            done[program] = result
+            self._cache_put(program, result)
 
-    def _check_deadlines(self, done: dict[str, ExecResult]) -> None:
+    def _worker_died(self, worker: _Worker, done: dict[str, ExecResult],
+                     pending: collections.deque, started: bool = False) -> None:
+        """Replace a dead worker. Its first program had started (unless the worker died
+        while idle, found when sending its only program) and reports a `SandboxError`;
+        programs queued behind it had not and go back to the queue."""
+        if worker.jobs and (len(worker.jobs) > 1 or not started):
+            done[worker.jobs.popleft()] = ExecResult(
+                output="SandboxError: the executor worker died while running this "
+                       "program", error=True, raised=True)
+        pending.extendleft(reversed(worker.jobs))
+        self._replace(worker)
+
+    def _check_deadlines(self, done: dict[str, ExecResult],
+                         pending: collections.deque) -> None:
         now = time.monotonic()
         for worker in list(self._workers):
             if not worker.ready and now > worker.started + STARTUP_TIMEOUT_S:
@@ -424,10 +447,13 @@ class PythonExecutor:
                 worker.kill()
                 raise RuntimeError(f"executor worker {worker.index} did not start within "
                                    f"{STARTUP_TIMEOUT_S:g} s: {tail or 'no stderr'}")
-            if worker.ready and worker.job is not None and now > worker.deadline:
+            if worker.ready and worker.jobs and now > worker.deadline:
                 # The worker enforces the program timeout itself; getting here means the
-                # worker is stuck, so it is replaced and the program counts as timed out.
-                done[worker.job] = ExecResult(
+                # worker is stuck, so it is replaced and the program counts as timed out
+                # (programs queued behind it had not started and are retried).
+                program = worker.jobs.popleft()
+                pending.extendleft(reversed(worker.jobs))
+                done[program] = ExecResult(
                     output=("TimeoutError: Execution of the code snippet has timed out for "
                             f"exceeding {self.timeout_s:g} seconds."),
                     error=True, timed_out=True, raised=True)
