@@ -1,6 +1,7 @@
 """Device side of generation: cached prefill, a multi-token decode loop, slot start-up.
 
-Shapes: L layers, S slots, T cache length (max_len), K the static key bucket read by
+Shapes: L layers, S slots, T cache length (max_len; the cache is [L, S, G, T, Dh]), K the
+static key bucket read by
 attention (kv_len <= T), B prefill rows, P prefill tokens per row, D hidden, H query heads,
 G key/value heads, R = H // G, Dh head dim, V vocabulary, C output capacity per slot.
 
@@ -80,7 +81,7 @@ def _record(st: SlotState, tok: jax.Array, active: jax.Array, lengths: jax.Array
 def _cached_attention(q, k_new, v_new, k_cache, v_cache, lengths):
     """One query per slot against its cached keys and its own new key.
 
-    q [S, H, Dh]; k_new, v_new [S, G, Dh]; k_cache, v_cache [S, K, G, Dh]; lengths [S].
+    q [S, H, Dh]; k_new, v_new [S, G, Dh]; k_cache, v_cache [S, G, K, Dh]; lengths [S].
     Returns [S, H, Dh]. The cache is only read here; the new key joins through a separate
     score so the layer scan never rewrites the cache (one scatter per step writes it).
     """
@@ -88,8 +89,8 @@ def _cached_attention(q, k_new, v_new, k_cache, v_cache, lengths):
     g = k_new.shape[1]
     qg = q.reshape(s, g, h // g, dh)
     scale = dh ** -0.5
-    scores = jnp.einsum("sgrk,stgk->sgrt", qg, k_cache).astype(jnp.float32) * scale
-    valid = jnp.arange(k_cache.shape[1])[None, :] < lengths[:, None]          # [S, K]
+    scores = jnp.einsum("sgrk,sgtk->sgrt", qg, k_cache).astype(jnp.float32) * scale
+    valid = jnp.arange(k_cache.shape[2])[None, :] < lengths[:, None]          # [S, K]
     scores = jnp.where(valid[:, None, None, :], scores, Lyr.MASK_VALUE)
     self_score = jnp.einsum("sgrk,sgk->sgr", qg, k_new).astype(jnp.float32) * scale
     m = jnp.maximum(jnp.max(scores, axis=-1), self_score)
@@ -99,7 +100,7 @@ def _cached_attention(q, k_new, v_new, k_cache, v_cache, lengths):
     # normalise before the cast, as HF casts softmax probabilities to the value dtype
     p_cache = (p_cache / denom[..., None]).astype(v_cache.dtype)
     p_self = (p_self / denom).astype(v_new.dtype)
-    out = jnp.einsum("sgrt,stgk->sgrk", p_cache, v_cache) + p_self[..., None] * v_new[:, :, None]
+    out = jnp.einsum("sgrt,sgtk->sgrk", p_cache, v_cache) + p_self[..., None] * v_new[:, :, None]
     return out.reshape(s, h, dh)
 
 
@@ -118,8 +119,8 @@ def decode_forward(params: dict, cfg: Qwen2Config, cache: KVCache, tokens: jax.A
     def layer(h, xs):
         p, k_cache, v_cache = xs
         q, k, v = Lyr.qkv_projection(p, Lyr.rms_norm(h, p["attn_norm"], eps), cos, sin)
-        attn = _cached_attention(q[:, 0], k[:, 0], v[:, 0], k_cache[:, :kv_len],
-                                 v_cache[:, :kv_len], cache.lengths)
+        attn = _cached_attention(q[:, 0], k[:, 0], v[:, 0], k_cache[:, :, :kv_len],
+                                 v_cache[:, :, :kv_len], cache.lengths)
         h = h + Lyr.attention_output(p, attn[:, None])
         h = h + Lyr.swiglu_mlp(p, Lyr.rms_norm(h, p["mlp_norm"], eps))
         return h, (k[:, 0], v[:, 0])
@@ -139,7 +140,8 @@ def decode_steps(params: dict, cache: KVCache, state: SlotState, stop_ids: jax.A
     Returns the updated (cache, state).
     """
     s, t = cache.num_slots, cache.max_len
-    rows = jnp.arange(s)
+    rows = jnp.arange(s)[:, None]
+    heads = jnp.arange(cache.k.shape[2])[None, :]
 
     def cond(carry):
         i, _, st = carry
@@ -149,9 +151,9 @@ def decode_steps(params: dict, cache: KVCache, state: SlotState, stop_ids: jax.A
         i, c, st = carry
         active = ~st.done
         logits, k_new, v_new = decode_forward(params, cfg, c, st.last_token, kv_len)
-        write = jnp.where(active, c.lengths, t)           # finished slots write nothing
-        c = KVCache(k=c.k.at[:, rows, write].set(k_new, mode="drop"),
-                    v=c.v.at[:, rows, write].set(v_new, mode="drop"),
+        write = jnp.where(active, c.lengths, t)[:, None]  # finished slots write nothing
+        c = KVCache(k=c.k.at[:, rows, heads, write].set(k_new, mode="drop"),
+                    v=c.v.at[:, rows, heads, write].set(v_new, mode="drop"),
                     lengths=c.lengths + active.astype(jnp.int32))
         tok = sample_tokens(logits, st.keys, st.num_generated, st.temperature, st.top_p, st.top_k)
         return i + 1, c, _record(st, tok, active, c.lengths, t, stop_ids, eos_id)
@@ -178,25 +180,30 @@ def prefill(params: dict, cache: KVCache, tokens: jax.Array, slots: jax.Array,
     rows = jnp.clip(slots, 0, s - 1)
     cos, sin = Lyr.rope_tables(positions, cfg.head_dim, cfg.rope_theta)
     mask = jnp.arange(kv_len)[None, None, :] <= positions[:, :, None]          # [B, P, K]
-    local_write = jnp.where(real, positions, kv_len)
-    brow = jnp.arange(b)[:, None]
+    local_write = jnp.where(real, positions, kv_len)[:, None, :]               # [B, 1, P]
+    brow = jnp.arange(b)[:, None, None]
+    heads = jnp.arange(cache.k.shape[2])[None, :, None]
     h = jnp.take(params["embed"], tokens, axis=0)
+
+    def rows_with(cache_rows, new):   # [B, G, K, Dh] with the suffix [B, P, G, Dh] written in
+        new = new.transpose(0, 2, 1, 3)
+        return cache_rows.at[brow, heads, local_write].set(new, mode="drop").transpose(0, 2, 1, 3)
 
     def layer(h, xs):
         p, k_cache, v_cache = xs
         q, k, v = Lyr.qkv_projection(p, Lyr.rms_norm(h, p["attn_norm"], eps), cos, sin)
-        k_rows = k_cache[rows, :kv_len].at[brow, local_write].set(k, mode="drop")
-        v_rows = v_cache[rows, :kv_len].at[brow, local_write].set(v, mode="drop")
+        k_rows = rows_with(k_cache[rows, :, :kv_len], k)
+        v_rows = rows_with(v_cache[rows, :, :kv_len], v)
         h = h + Lyr.attention_output(p, Lyr.grouped_attention(q, k_rows, v_rows, mask))
         h = h + Lyr.swiglu_mlp(p, Lyr.rms_norm(h, p["mlp_norm"], eps))
         return h, (k, v)
 
     h, (k_new, v_new) = jax.lax.scan(layer, h, (params["layers"], cache.k, cache.v))
-    write = jnp.where(real, positions, t)
-    slot_idx = jnp.broadcast_to(rows[:, None], (b, p_len))
+    write = jnp.where(real, positions, t)[:, None, :]
+    slot_idx = rows[:, None, None]
     cache = KVCache(
-        k=cache.k.at[:, slot_idx, write].set(k_new, mode="drop"),
-        v=cache.v.at[:, slot_idx, write].set(v_new, mode="drop"),
+        k=cache.k.at[:, slot_idx, heads, write].set(k_new.transpose(0, 1, 3, 2, 4), mode="drop"),
+        v=cache.v.at[:, slot_idx, heads, write].set(v_new.transpose(0, 1, 3, 2, 4), mode="drop"),
         lengths=cache.lengths.at[slots].set(starts + num_new, mode="drop"))
     last = Lyr.rms_norm(h[jnp.arange(b), jnp.maximum(num_new - 1, 0)], params["final_norm"], eps)
     logits = jnp.einsum("bd,dv->bv", last, lm_head_kernel(params, cfg)).astype(jnp.float32)

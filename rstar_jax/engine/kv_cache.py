@@ -1,6 +1,8 @@
 """A slot KV cache: one contiguous row of keys/values per concurrent sequence.
 
-S slots, each up to T tokens, L layers, G key/value heads of Dh dims. A slot's first
+S slots, each up to T tokens, L layers, G key/value heads of Dh dims. The layout is
+[L, S, G, T, Dh]: (slot, head) lead so decode attention is a batched matrix product over
+them with no transposed copy of the cache. A slot's first
 `lengths[s]` positions are valid; everything after is stale and masked, so freeing a slot
 costs nothing and a finished sequence's prefix stays reusable until the row is rewritten.
 """
@@ -13,12 +15,12 @@ import jax.numpy as jnp
 
 from rstar_jax.models.config import Qwen2Config
 
-CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
+CACHE_AXES = ("layers", "batch", "kv_heads", "length", "head_dim")
 
 
 @flax.struct.dataclass
 class KVCache:
-    """k, v: [L, S, T, G, Dh] in the model dtype; lengths: [S] int32 valid tokens per slot."""
+    """k, v: [L, S, G, T, Dh] in the model dtype; lengths: [S] int32 valid tokens per slot."""
 
     k: jax.Array
     v: jax.Array
@@ -30,11 +32,11 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[3]
 
 
 def init_cache(cfg: Qwen2Config, slots: int, max_len: int, dtype) -> KVCache:
-    shape = (cfg.num_hidden_layers, slots, max_len, cfg.num_key_value_heads, cfg.head_dim)
+    shape = (cfg.num_hidden_layers, slots, cfg.num_key_value_heads, max_len, cfg.head_dim)
     return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                    lengths=jnp.zeros((slots,), jnp.int32))
 

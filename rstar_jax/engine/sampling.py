@@ -50,6 +50,11 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, counts: jax.Array,
     # The sort over the vocabulary is the costly part; skip it when no row filters
     # (the reference samples with top_p=1, top_k=-1).
     scaled = jax.lax.cond(needs_filter, filter_logits, lambda x, p, k: x, scaled, top_p, top_k)
-    step_keys = jax.vmap(jax.random.fold_in)(keys, counts)
-    sampled = jax.vmap(jax.random.categorical)(step_keys, scaled).astype(jnp.int32)
+
+    def draw(scaled):
+        step_keys = jax.vmap(jax.random.fold_in)(keys, counts)
+        return jax.vmap(jax.random.categorical)(step_keys, scaled).astype(jnp.int32)
+
+    # Random bits for the whole vocabulary cost as much as a layer: skip them when all greedy.
+    sampled = jax.lax.cond(jnp.any(temperature > 0), draw, lambda x: greedy, scaled)
     return jnp.where(temperature > 0, sampled, greedy)
