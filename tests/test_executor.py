@@ -326,3 +326,80 @@ def test_pool_survives_a_worker_killed_mid_program(main_process_unharmed):
         assert result.error and result.output.startswith("SandboxError")
         assert run1(ex, "import time\ntime.sleep(1.5)\n1").output == "1"  # not cached
         assert run1(ex, "6 * 7").output == "42"
+
+
+# --- pre-forked children ---------------------------------------------------------------
+
+def _worker_children(worker):
+    pid = worker.proc.pid
+    return open(f"/proc/{pid}/task/{pid}/children").read().split()
+
+
+def test_a_preforked_child_runs_exactly_one_program(main_process_unharmed):
+    # One worker: B runs in the child forked while A was running, C in the next one.
+    a = ("import os, sys, math\nopen('mark', 'w').write('a')\nmath.tau = 0\n"
+         "sys.modules['leak'] = math\ng = 1\nprint(os.getpid(), os.getcwd())")
+    probe = ("import os, sys, math\nprint(os.getpid(), os.getcwd(), os.listdir('.'), "
+             "math.tau, 'leak' in sys.modules, 'g' in globals())")
+    with PythonExecutor(num_workers=1, timeout_s=TIMEOUT_S, preload=()) as ex:
+        first, second = ex.run([a, probe])
+        third = run1(ex, probe + "  # again")
+        pid_a, cwd_a = first.output.split()
+        seen = []
+        for result in (second, third):
+            pid, cwd, rest = result.output.split(" ", 2)
+            assert rest == "[] 6.283185307179586 False False", result.output
+            seen.append((pid, cwd))
+        pids = {pid_a} | {pid for pid, _ in seen}
+        cwds = {cwd_a} | {cwd for _, cwd in seen}
+        assert len(pids) == 3 and len(cwds) == 3  # a new process and directory each
+        assert not any(os.path.exists(cwd) for cwd in cwds)
+        assert_no_leftovers(ex)
+
+
+def test_the_spare_child_is_confined_before_it_gets_a_program(main_process_unharmed):
+    with PythonExecutor(num_workers=1, timeout_s=TIMEOUT_S, preload=()) as ex:
+        ex.run(["1"])
+        worker = ex._workers[0]
+        deadline = time.monotonic() + 30.0
+        while True:  # the spare confines itself right after its fork; wait for that
+            (spare,) = _worker_children(worker)
+            status = dict(line.split(":\t", 1) for line in
+                          open(f"/proc/{spare}/status").read().splitlines() if ":\t" in line)
+            if status.get("Seccomp", "0").strip() == "2" or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        if sandbox._ARCH in sandbox._SYSCALLS:
+            assert status["Seccomp"].strip() == "2"  # filter mode, installed
+        assert status["NoNewPrivs"].strip() == "1"
+        assert int(status["CapEff"], 16) == 0
+        assert os.path.dirname(os.readlink(f"/proc/{spare}/cwd")) == ex.base_dir
+        # The spare is the process that runs the next program, and only that one.
+        assert run1(ex, "import os\nos.getpid()").output == spare
+        assert _worker_children(worker) != [spare]
+
+
+def test_a_spare_killed_while_waiting_is_replaced(main_process_unharmed):
+    with PythonExecutor(num_workers=1, timeout_s=TIMEOUT_S, preload=()) as ex:
+        ex.run(["1"])
+        (spare,) = _worker_children(ex._workers[0])
+        os.kill(int(spare), 9)
+        deadline = time.monotonic() + 30.0
+        while "zombie" not in open(f"/proc/{spare}/status").read():  # not yet reaped
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert run1(ex, "2 + 2").output == "4"
+        assert ex.cache_info()["worker_restarts"] == 0
+        assert_no_leftovers(ex)
+
+
+def test_programs_queued_behind_a_dead_worker_are_retried(main_process_unharmed):
+    with PythonExecutor(num_workers=1, timeout_s=TIMEOUT_S, preload=()) as ex:
+        ex.run(["0"])  # started
+        killer = threading.Timer(0.5, os.kill, (ex._workers[0].proc.pid, 9))
+        killer.start()
+        results = ex.run(["import time\ntime.sleep(1.5)\n1", "6 * 7", "7 * 8"])
+        killer.join()
+        assert results[0].output.startswith("SandboxError")
+        assert [r.output for r in results[1:]] == ["42", "56"]
+        assert ex.cache_info()["worker_restarts"] == 1

@@ -215,7 +215,10 @@ def _kill_group(child: Child) -> None:
 def reap(child: Child) -> int:
     """Kill (if still alive), wait for and clean up after a child; its wait status."""
     _kill_group(child)
-    status = os.waitpid(child.pid, 0)[1]
+    try:
+        status = os.waitpid(child.pid, 0)[1]
+    except ChildProcessError:  # already reaped by `_alive` (kernels without pidfd)
+        status = 0
     for fd in (child.program_fd, child.result_fd, child.pidfd):
         if fd is not None and fd >= 0:
             try:
@@ -290,6 +293,16 @@ def _readable(fd: int) -> bool:
     return bool(select.select([fd], [], [], 0)[0])
 
 
+def _alive(child: Child) -> bool:
+    """Whether a child waiting for its program is still there (has not exited)."""
+    if child.pidfd is not None:
+        return not _readable(child.pidfd)
+    return os.waitpid(child.pid, os.WNOHANG)[0] == 0
+
+
+_STARTED = encode_message({"started": True})
+
+
 def main() -> None:
     config = json.loads(sys.argv[1])
     # The protocol moves off fds 0/1 so that stray writes cannot corrupt it.
@@ -336,9 +349,13 @@ def main() -> None:
             message = read_message(in_fd)
             if message is None:
                 return
+            if not _alive(spare):  # killed from outside while waiting: use a new one
+                reap(spare)
+                spare = fork_child(config, read_paths, sandbox, runner)
             running, spare = spare, None
             hand_over(running, message["program"])
             del message
+            write_all(out_fd, _STARTED)  # from here on the program counts as run
             # The next program's process is forked and confined while this one runs;
             # the previous one's teardown is waited for now too, off the critical path.
             spare = fork_child(config, read_paths, sandbox, runner)

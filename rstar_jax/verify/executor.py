@@ -149,6 +149,7 @@ class _Worker:
         # Programs sent and not yet answered, oldest first: the worker runs the first and
         # reads the next only after answering it (see `MAX_IN_FLIGHT`).
         self.jobs: collections.deque[str] = collections.deque()
+        self.head_started = False  # the worker confirmed it handed over `jobs[0]`
         self.startup_failures = 0  # consecutive deaths before "ready" in this slot
         self.deadline = 0.0
 
@@ -162,6 +163,7 @@ class _Worker:
     def answered(self, timeout_s: float) -> str:
         """Pop the program just answered; the next queued one (if any) starts now."""
         program = self.jobs.popleft()
+        self.head_started = False
         self.deadline = time.monotonic() + timeout_s + WATCHDOG_GRACE_S
         return program
 
@@ -362,6 +364,7 @@ class PythonExecutor:
         """Spread unique uncached programs over the workers; event loop on their pipes."""
         pending = collections.deque(programs)
         done: dict[str, ExecResult] = {}
+        self._requeued: collections.Counter[str] = collections.Counter()
         selector = selectors.DefaultSelector()
         try:
             while len(done) < len(programs):
@@ -373,7 +376,7 @@ class PythonExecutor:
                             try:
                                 worker.send(program, self.timeout_s)
                             except OSError:  # it died: replace it
-                                self._worker_died(worker, done, pending, started=True)
+                                self._worker_died(worker, done, pending)
                 active = [w for w in self._workers if not w.ready or w.jobs]
                 if not active:
                     continue
@@ -415,6 +418,9 @@ class PythonExecutor:
                 worker.ready = True
                 worker.startup_failures = 0
                 continue
+            if message.get("started"):
+                worker.head_started = True
+                continue
             output = message["output"]
             timed_out = bool(message.get("timed_out"))
             abnormal = bool(message.get("abnormal")) or timed_out
@@ -427,14 +433,17 @@ class PythonExecutor:
             self._cache_put(program, result)
 
     def _worker_died(self, worker: _Worker, done: dict[str, ExecResult],
-                     pending: collections.deque, started: bool = False) -> None:
-        """Replace a dead worker. Its first program had started (unless the worker died
-        while idle, found when sending its only program) and reports a `SandboxError`;
-        programs queued behind it had not and go back to the queue."""
-        if worker.jobs and (len(worker.jobs) > 1 or not started):
+                     pending: collections.deque) -> None:
+        """Replace a dead worker. A program it had confirmed starting reports a
+        `SandboxError`; programs that had not started go back to the queue."""
+        if worker.jobs and (worker.head_started
+                            or self._requeued[worker.jobs[0]] >= MAX_STARTUP_FAILURES):
+            # (a worker that keeps dying before starting the same program is broken)
             done[worker.jobs.popleft()] = ExecResult(
                 output="SandboxError: the executor worker died while running this "
                        "program", error=True, raised=True)
+        for program in worker.jobs:
+            self._requeued[program] += 1
         pending.extendleft(reversed(worker.jobs))
         self._replace(worker)
 
