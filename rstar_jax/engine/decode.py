@@ -125,7 +125,16 @@ def decode_forward(params: dict, cfg: Qwen2Config, cache: KVCache, tokens: jax.A
         h = h + Lyr.swiglu_mlp(p, Lyr.rms_norm(h, p["mlp_norm"], eps))
         return h, (k[:, 0], v[:, 0])
 
-    h, (k_new, v_new) = jax.lax.scan(layer, h, (params["layers"], cache.k, cache.v))
+    # Unrolled with static layer indices, not scanned: a scan's per-layer dynamic-slice
+    # materialises a copy of every layer's weights and cache rows each step (measured on
+    # H100, 1.5B shapes: 10.1 -> 5.1 ms per step at 256 slots).
+    k_new, v_new = [], []
+    for l in range(cfg.num_hidden_layers):
+        p_l = jax.tree.map(lambda x: x[l], params["layers"])
+        h, (k_l, v_l) = layer(h, (p_l, cache.k[l], cache.v[l]))
+        k_new.append(k_l)
+        v_new.append(v_l)
+    k_new, v_new = jnp.stack(k_new), jnp.stack(v_new)
     h = Lyr.rms_norm(h[:, 0], params["final_norm"], eps)
     logits = jnp.einsum("sd,dv->sv", h, lm_head_kernel(params, cfg)).astype(jnp.float32)
     return logits, k_new, v_new
