@@ -1,7 +1,7 @@
 """KV-cache generation for the policy and batched PPM scoring.
 
 decode.py     device functions: cached prefill, multi-token decode loop, slot start-up
-kv_cache.py   the slot cache [L, S, T, G, Dh] and row copies (prefix forks)
+kv_cache.py   the slot cache (L buffers of [S, G, T, Dh]) and row copies (prefix forks)
 sampling.py   greedy / temperature / top-k / top-p with per-request PRNG streams
 scheduler.py  GenerationEngine: slots, prefix reuse, continuous batching, mesh sharding
 protocols.py  EngineProposer / EngineScorer: the search protocols of DESIGN.md

@@ -1,10 +1,13 @@
 """A slot KV cache: one contiguous row of keys/values per concurrent sequence.
 
-S slots, each up to T tokens, L layers, G key/value heads of Dh dims. The layout is
-[L, S, G, T, Dh]: (slot, head) lead so decode attention is a batched matrix product over
-them with no transposed copy of the cache. A slot's first
-`lengths[s]` positions are valid; everything after is stale and masked, so freeing a slot
-costs nothing and a finished sequence's prefix stays reusable until the row is rewritten.
+S slots, each up to T tokens, L layers, G key/value heads of Dh dims. Keys and values are
+tuples of L separate buffers of [S, G, T, Dh]: one buffer per layer, so a decode step reads
+and updates each layer's cache in place. (A stacked [L, ...] array would be sliced per
+layer, and XLA materialises such slices: measured on an H100 at 1.5B shapes, that copy
+alone doubled the step time.) (slot, head) lead so decode attention is a batched matrix
+product with no transposed copy. A slot's first `lengths[s]` positions are valid;
+everything after is stale and masked, so freeing a slot costs nothing and a finished
+sequence's prefix stays reusable until the row is rewritten.
 """
 
 from __future__ import annotations
@@ -15,29 +18,31 @@ import jax.numpy as jnp
 
 from rstar_jax.models.config import Qwen2Config
 
-CACHE_AXES = ("layers", "batch", "kv_heads", "length", "head_dim")
+CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")   # of each layer's buffer
 
 
 @flax.struct.dataclass
 class KVCache:
-    """k, v: [L, S, G, T, Dh] in the model dtype; lengths: [S] int32 valid tokens per slot."""
+    """k, v: tuples of L arrays [S, G, T, Dh] in the model dtype; lengths: [S] int32."""
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple
+    v: tuple
     lengths: jax.Array
 
     @property
     def num_slots(self) -> int:
-        return self.k.shape[1]
+        return self.k[0].shape[0]
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
 
 
 def init_cache(cfg: Qwen2Config, slots: int, max_len: int, dtype) -> KVCache:
-    shape = (cfg.num_hidden_layers, slots, cfg.num_key_value_heads, max_len, cfg.head_dim)
-    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+    shape = (slots, cfg.num_key_value_heads, max_len, cfg.head_dim)
+    layers = range(cfg.num_hidden_layers)
+    return KVCache(k=tuple(jnp.zeros(shape, dtype) for _ in layers),
+                   v=tuple(jnp.zeros(shape, dtype) for _ in layers),
                    lengths=jnp.zeros((slots,), jnp.int32))
 
 
@@ -55,8 +60,6 @@ def copy_rows(cache: KVCache, src: jax.Array, dst: jax.Array) -> KVCache:
     """
     s = cache.num_slots
     src = jnp.clip(src, 0, s - 1)
-    return KVCache(
-        k=cache.k.at[:, dst].set(cache.k[:, src], mode="drop"),
-        v=cache.v.at[:, dst].set(cache.v[:, src], mode="drop"),
-        lengths=cache.lengths.at[dst].set(cache.lengths[src], mode="drop"),
-    )
+    copy = lambda x: x.at[dst].set(x[src], mode="drop")  # noqa: E731
+    return KVCache(k=tuple(map(copy, cache.k)), v=tuple(map(copy, cache.v)),
+                   lengths=copy(cache.lengths))

@@ -111,21 +111,23 @@ class GenerationEngine:
         cache = init_cache(cfg, s, self.max_len, dtype)
         state = decode.init_state(s, self.capacity)
         if mesh is None:
-            self.params, self.cache, self.state = params, cache, state
+            self.params, self.cache, self.state = decode.split_layers(params), cache, state
         else:
             p_shard = param_shardings(params, mesh, rules)
+            layer_shard = decode.split_layer_shardings(p_shard, cfg.num_hidden_layers)
 
             def spec(logical, x):
                 return NamedSharding(mesh, logical_to_spec(logical, x.shape, mesh, rules))
 
-            c_shard = KVCache(k=spec(CACHE_AXES, cache.k), v=spec(CACHE_AXES, cache.v),
-                              lengths=spec(("batch",), cache.lengths))
+            per_layer = tuple(spec(CACHE_AXES, x) for x in cache.k)
+            c_shard = KVCache(k=per_layer, v=per_layer, lengths=spec(("batch",), cache.lengths))
             st_shard = jax.tree.map(lambda x: spec(("batch",) + (None,) * (x.ndim - 1), x), state)
             repl = NamedSharding(mesh, P())
-            self.params = jax.device_put(params, p_shard)
+            split = jax.jit(decode.split_layers, out_shardings=layer_shard)
+            self.params = split(jax.device_put(params, p_shard))
             self.cache = jax.device_put(cache, c_shard)
             self.state = jax.device_put(state, st_shard)
-            self._shardings = dict(params=p_shard, cache=c_shard, state=st_shard, repl=repl)
+            self._shardings = dict(params=layer_shard, cache=c_shard, state=st_shard, repl=repl)
         self._mesh = mesh
         self._rules_key = None if rules is None else tuple(sorted(rules.items()))
 
