@@ -31,6 +31,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.bucket_lengths = (512, 1024, 1536, 2048)
     c.compute_dtype = "bfloat16"  # §4.4: --bf16; fp32 master weights and optimizer
     c.remat = True            # memory for FLOPs; not a numerics change
+    c.remat_policy = "full"   # "full": recompute each layer; "dots": keep matmul outputs
+    # "auto": cuDNN flash attention on GPU in bf16 (batches are right-padded), XLA elsewhere
+    c.attention_impl = "auto"
     c.optim = optim_defaults()
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # §4.4: FSDP full_shard
     c.checkpoint = ml_collections.ConfigDict(dict(

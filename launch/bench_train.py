@@ -34,6 +34,10 @@ _ACCUM = flags.DEFINE_integer("accum", 1, "micro-steps per optimizer step")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps (the first compiles)")
 _REMAT = flags.DEFINE_bool("remat", True, "recompute each layer in the backward pass")
+_REMAT_POLICY = flags.DEFINE_enum("remat_policy", "full", ["full", "dots"],
+                                  "what remat recomputes (see models/qwen2.py REMAT_POLICIES)")
+_ATTN = flags.DEFINE_enum("attention_impl", "auto", ["auto", "xla", "cudnn"],
+                          "attention kernel: cuDNN flash on GPU, or the XLA fallback")
 _DTYPE = flags.DEFINE_enum("compute_dtype", "bfloat16", ["bfloat16", "float32"],
                            "compute dtype (params and optimizer stay fp32)")
 _LAYERS = flags.DEFINE_integer("layers", 0, "override the number of layers (0: preset's)")
@@ -93,7 +97,8 @@ def main(argv):
     batch = {"input_ids": rng.integers(0, cfg.vocab_size, shape).astype(np.int32),
              "attention_mask": np.ones(shape, np.int32), "loss_mask": np.ones(shape, np.int32)}
     factory = lambda c: functools.partial(S.sft_loss, cfg=cfg, compute_dtype=_DTYPE.value,  # noqa: E731
-                                          remat=_REMAT.value, constrain=c)
+                                          remat=_REMAT.value and _REMAT_POLICY.value,
+                                          constrain=c, attention_impl=_ATTN.value)
     step, _, b_sh = S.jit_train_step(factory, optimizer, abstract_state, batch, mesh)
     batch = jax.device_put(batch, b_sh)
 
@@ -124,7 +129,8 @@ def main(argv):
         "preset": ALIASES.get(_PRESET.value, _PRESET.value), "layers": cfg.num_hidden_layers,
         "device_kind": jax.devices()[0].device_kind, "devices": n_dev,
         "mesh": dict(mesh.shape), "seq_len": _SEQ.value, "micro_batch": _MICRO.value,
-        "accum": _ACCUM.value, "remat": _REMAT.value, "compute_dtype": _DTYPE.value,
+        "accum": _ACCUM.value, "remat": _REMAT.value and _REMAT_POLICY.value,
+        "attention_impl": _ATTN.value, "compute_dtype": _DTYPE.value,
         "matmul_params": n, "model_flops_per_token": fpt, "tokens_per_step": tokens,
         "step_time_s": step_s, "step_times_s": times, "compile_and_warmup_s": compile_and_warmup_s,
         "tokens_per_second": tps, "tokens_per_second_per_device": tps / n_dev,

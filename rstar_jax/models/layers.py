@@ -60,6 +60,33 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
     return out.reshape(b, t, h, dh)
 
 
+def flash_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                           kv_lengths: jax.Array | None) -> jax.Array:
+    """Causal GQA through cuDNN's fused flash attention (GPU, bf16/fp16 only).
+
+    q [B, T, H, Dh]; k, v [B, T, G, Dh]; kv_lengths [B] real tokens per row, which must be
+    RIGHT-padded (then causality alone keeps real queries off padding keys; outputs at
+    padded query positions are undefined). Same result as `grouped_attention` with a
+    causal + padding mask, without materialising the [B, H, T, T] scores.
+    """
+    if kv_lengths is not None:
+        # empty filler rows (zero loss weight) still need one key, or cuDNN may give NaN
+        kv_lengths = jnp.maximum(kv_lengths, 1)
+    return jax.nn.dot_product_attention(
+        q, k, v, is_causal=True, key_value_seq_lengths=kv_lengths,
+        query_seq_lengths=kv_lengths, implementation="cudnn")
+
+
+def resolve_attention_impl(impl: str, dtype) -> str:
+    """"auto" -> "cudnn" on GPU for bf16/fp16, else "xla" (the fallback the CPU tests run)."""
+    if impl not in ("auto", "xla", "cudnn"):
+        raise ValueError(f"attention_impl must be 'auto', 'xla' or 'cudnn', got {impl!r}")
+    if impl != "auto":
+        return impl
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if jax.default_backend() == "gpu" and half else "xla"
+
+
 def attention_output(p: dict, attn: jax.Array) -> jax.Array:
     """o_proj: [B, T, H, Dh] -> [B, T, D] (Qwen2 has no o_proj bias)."""
     return jnp.einsum("bthk,hkd->btd", attn, p["o_kernel"])

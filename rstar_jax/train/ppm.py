@@ -16,11 +16,12 @@ from rstar_jax.models.sharding import param_shardings
 from rstar_jax.train import data as D
 from rstar_jax.train import steps as S
 from rstar_jax.train import trainer as T
-from rstar_jax.train.sft import pad_id_of
+from rstar_jax.train.sft import pad_id_of, remat_of
 
 
 def _loss_kwargs(config, cfg) -> dict:
-    return dict(cfg=cfg, compute_dtype=config.compute_dtype, remat=bool(config.remat),
+    return dict(cfg=cfg, compute_dtype=config.compute_dtype, remat=remat_of(config),
+                attention_impl=config.get("attention_impl", "xla"),
                 reduction=config.loss_reduction, sum_group_size=int(config.sum_group_size))
 
 

@@ -16,6 +16,11 @@ from rstar_jax.train import steps as S
 from rstar_jax.train import trainer as T
 
 
+def remat_of(config):
+    """False, or the remat policy name ("full" / "dots") when config.remat is on."""
+    return config.get("remat_policy", "full") if config.remat else False
+
+
 def pad_id_of(tokenizer) -> int:
     """Padding id (its value never matters: padded positions are masked out)."""
     pid = tokenizer.pad_token_id
@@ -35,7 +40,8 @@ def sft_task(config, cfg, rows: Sequence[dict], tokenizer) -> T.Task:
 
     def loss_factory(constrain):
         return functools.partial(S.sft_loss, cfg=cfg, compute_dtype=config.compute_dtype,
-                                 remat=bool(config.remat), constrain=constrain)
+                                 remat=remat_of(config), constrain=constrain,
+                                 attention_impl=config.get("attention_impl", "xla"))
 
     return T.Task(name="sft", plan=plan,
                   make_batch=lambda step: D.sft_batch(examples, plan.rows_of_step(step), plan,

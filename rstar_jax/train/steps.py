@@ -39,8 +39,8 @@ def cast_floats(tree, dtype):
 # ---------------------------------------------------------------------------- losses
 
 def sft_loss(params: dict, micro: dict, rng: jax.Array, *, cfg: Qwen2Config,
-             compute_dtype="float32", remat: bool = False,
-             constrain=qwen2._no_constraint) -> tuple[jax.Array, dict]:
+             compute_dtype="float32", remat: bool | str = False,
+             constrain=qwen2._no_constraint, attention_impl: str = "xla") -> tuple[jax.Array, dict]:
     """Summed next-token NLL over response tokens of one micro-batch.
 
     micro: input_ids, attention_mask, loss_mask, each [M, T] int32 (data.sft_batch).
@@ -48,7 +48,8 @@ def sft_loss(params: dict, micro: dict, rng: jax.Array, *, cfg: Qwen2Config,
     """
     del rng
     logits = qwen2.forward_logits(cast_floats(params, compute_dtype), cfg, micro["input_ids"],
-                                  micro["attention_mask"], remat=remat, constrain=constrain)
+                                  micro["attention_mask"], remat=remat, constrain=constrain,
+                                  attention_impl=attention_impl)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1],
                                                           micro["input_ids"][:, 1:])
     weight = micro["loss_mask"][:, :-1].astype(jnp.float32)
@@ -57,15 +58,15 @@ def sft_loss(params: dict, micro: dict, rng: jax.Array, *, cfg: Qwen2Config,
 
 
 def ppm_values(params: dict, ids: jax.Array, mask: jax.Array, rng: jax.Array | None, *,
-               cfg: Qwen2Config, dropout: float = 0.0, remat: bool = False,
-               constrain=qwen2._no_constraint) -> jax.Array:
+               cfg: Qwen2Config, dropout: float = 0.0, remat: bool | str = False,
+               constrain=qwen2._no_constraint, attention_impl: str = "xla") -> jax.Array:
     """Raw PPM value at each row's last real token: ids, mask [N, T] -> [N] float32.
 
     The reference's value head is Dropout(0.1) -> Linear on the last hidden state
     (train/rm.py, §4.5); dropout is active when `rng` is given and dropout > 0.
     """
     h = qwen2.forward_hidden(params["backbone"], cfg, ids, mask, remat=remat,
-                             constrain=constrain)
+                             constrain=constrain, attention_impl=attention_impl)
     last = qwen2.last_token_index(mask)
     h = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]          # [N, D]
     if rng is not None and dropout > 0:
@@ -76,8 +77,8 @@ def ppm_values(params: dict, ids: jax.Array, mask: jax.Array, rng: jax.Array | N
 
 def ppm_loss(params: dict, micro: dict, rng: jax.Array | None, *, cfg: Qwen2Config,
              compute_dtype="float32", dropout: float = 0.0, reduction: str = "sum",
-             sum_group_size: int = 16, remat: bool = False,
-             constrain=qwen2._no_constraint) -> tuple[jax.Array, dict]:
+             sum_group_size: int = 16, remat: bool | str = False,
+             constrain=qwen2._no_constraint, attention_impl: str = "xla") -> tuple[jax.Array, dict]:
     """Weighted Bradley-Terry loss of one micro-batch of pairs (train/rm.py, §4.5).
 
     micro: pos_ids, pos_mask, neg_ids, neg_mask [M, T]; weight, valid [M].
@@ -94,7 +95,7 @@ def ppm_loss(params: dict, micro: dict, rng: jax.Array | None, *, cfg: Qwen2Conf
     ids = jnp.concatenate([micro["pos_ids"], micro["neg_ids"]], axis=0)
     mask = jnp.concatenate([micro["pos_mask"], micro["neg_mask"]], axis=0)
     v = ppm_values(p, ids, mask, rng, cfg=cfg, dropout=dropout, remat=remat,
-                   constrain=constrain)
+                   constrain=constrain, attention_impl=attention_impl)
     r_pos, r_neg = v[:m], v[m:]
     valid = micro["valid"]
     loss = -jax.nn.log_sigmoid(r_pos - r_neg) * micro["weight"]
