@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rstar_jax.engine.kv_cache import KVCache
-from rstar_jax.engine.sampling import request_keys, sample_tokens
+from rstar_jax.engine.sampling import request_keys, sample_tokens, sample_tokens_static
 from rstar_jax.models import layers as Lyr
 from rstar_jax.models.config import Qwen2Config
 from rstar_jax.models.qwen2 import lm_head_kernel
@@ -155,26 +155,38 @@ def decode_forward(params: dict, cfg: Qwen2Config, cache: KVCache, tokens: jax.A
 
 
 def decode_steps(params: dict, cache: KVCache, state: SlotState, stop_ids: jax.Array,
-                 eos_id: jax.Array, *, cfg: Qwen2Config, num_steps: int, kv_len: int):
-    """Up to num_steps tokens for every unfinished slot, in one while loop.
+                 eos_id: jax.Array, *, cfg: Qwen2Config, num_steps: int, kv_len: int,
+                 sampling: str = "sample", block: int = 8):
+    """Up to num_steps tokens for every unfinished slot, without leaving the device.
 
-    stop_ids [n] int32 (pad with -1), eos_id scalar int32 (-1 = none). The loop ends early
-    once every slot is done. The caller guarantees max(active lengths) + num_steps <= kv_len.
+    stop_ids [n] int32 (pad with -1), eos_id scalar int32 (-1 = none); sampling is the
+    static mode of `sample_tokens_static`. Tokens come in blocks of `block` fixed-count
+    steps inside a while loop that ends once every slot is done: the fixed inner count
+    spares the GPU a predicate round trip to the host per token, the outer check still
+    stops early. The caller guarantees max(active lengths) + num_steps <= kv_len.
     Returns the updated (cache, state).
     """
     t = cache.max_len
+    block = max(1, min(block, num_steps))
+    num_blocks = -(-num_steps // block)
 
-    def cond(carry):
-        i, _, st = carry
-        return (i < num_steps) & ~jnp.all(st.done)
-
-    def body(carry):
-        i, c, st = carry
+    def step(_, carry):
+        c, st = carry
         active = ~st.done
         logits, c = decode_forward(params, cfg, c, st.last_token, active, kv_len)
         c = c.replace(lengths=c.lengths + active.astype(jnp.int32))
-        tok = sample_tokens(logits, st.keys, st.num_generated, st.temperature, st.top_p, st.top_k)
-        return i + 1, c, _record(st, tok, active, c.lengths, t, stop_ids, eos_id)
+        tok = sample_tokens_static(logits, st.keys, st.num_generated, st.temperature,
+                                   st.top_p, st.top_k, mode=sampling)
+        return c, _record(st, tok, active, c.lengths, t, stop_ids, eos_id)
+
+    def cond(carry):
+        i, _, st = carry
+        return (i < num_blocks) & ~jnp.all(st.done)
+
+    def body(carry):
+        i, c, st = carry
+        c, st = jax.lax.fori_loop(0, block, step, (c, st))
+        return i + 1, c, st
 
     _, cache, state = jax.lax.while_loop(cond, body, (jnp.int32(0), cache, state))
     return cache, state

@@ -58,3 +58,30 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, counts: jax.Array,
     # Random bits for the whole vocabulary cost as much as a layer: skip them when all greedy.
     sampled = jax.lax.cond(jnp.any(temperature > 0), draw, lambda x: greedy, scaled)
     return jnp.where(temperature > 0, sampled, greedy)
+
+
+SAMPLING_MODES = ("greedy", "sample", "filter")
+
+
+def sample_tokens_static(logits: jax.Array, keys: jax.Array, counts: jax.Array,
+                         temperature: jax.Array, top_p: jax.Array, top_k: jax.Array, *,
+                         mode: str) -> jax.Array:
+    """`sample_tokens` with the work chosen at trace time instead of by `lax.cond`.
+
+    mode "greedy": argmax only (every row has temperature 0); "sample": temperature
+    sampling without top-k/top-p; "filter": top-k/top-p too. Rows with temperature 0 are
+    greedy in every mode. Inside the decode loop a data-dependent `lax.cond` makes the
+    GPU report its predicate to the host each token, stalling the kernel queue; a static
+    mode keeps the loop free of host round trips.
+    """
+    if mode not in SAMPLING_MODES:
+        raise ValueError(f"sampling mode must be one of {SAMPLING_MODES}, got {mode!r}")
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if mode == "greedy":
+        return greedy
+    scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+    if mode == "filter":
+        scaled = filter_logits(scaled, top_p, top_k)
+    step_keys = jax.vmap(jax.random.fold_in)(keys, counts)
+    sampled = jax.vmap(jax.random.categorical)(step_keys, scaled).astype(jnp.int32)
+    return jnp.where(temperature > 0, sampled, greedy)

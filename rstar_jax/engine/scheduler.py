@@ -296,7 +296,8 @@ class GenerationEngine:
             kv_len = min(self.max_len, _round_up(longest + self.steps_per_call, self.kv_bucket))
             t0 = time.perf_counter()
             self.cache, self.state = self._fn("decode", num_steps=self.steps_per_call,
-                                              kv_len=kv_len)(
+                                              kv_len=kv_len,
+                                              sampling=self._sampling_mode(live, requests))(
                 self.params, self.cache, self.state, self.stop_ids, self.eos_id)
             done, n_gen, reason = jax.device_get(
                 (self.state.done, self.state.num_generated, self.state.stop_reason))
@@ -321,6 +322,17 @@ class GenerationEngine:
                     self._last_used[slot] = self._clock
                     gen_len[slot] = 0
         return results
+
+    @staticmethod
+    def _sampling_mode(live: dict, requests: Sequence[Request]) -> str:
+        """The cheapest static sampling mode that serves every running request."""
+        running = [requests[req_idx] for req_idx, _, _ in live.values()]
+        sampled = [r for r in running if r.temperature > 0]
+        if not sampled:
+            return "greedy"
+        if any(r.top_p < 1.0 or r.top_k > 0 for r in sampled):
+            return "filter"
+        return "sample"
 
     def _admit(self, pending: list, requests: Sequence[Request], live: dict) -> None:
         """Fill free slots from the front of `pending`, one prefill batch at a time."""
