@@ -186,7 +186,11 @@ def forward_hidden(params: dict, cfg: Qwen2Config, input_ids: jax.Array,
         mask = L.causal_mask(attention_mask, b, t)
         attend = lambda q, k, v: L.grouped_attention(q, k, v, mask)  # noqa: E731
     cos, sin = L.rope_tables(positions, cfg.head_dim, cfg.rope_theta)
-    h = jnp.take(params["embed"], input_ids, axis=0)
+    # The table is vocab-sharded for the LM head; gathering rows from it would make GSPMD
+    # rebuild it implicitly ("involuntary full rematerialization"), so gather it on
+    # purpose: replicated over vocab, still sharded over embed.
+    table = constrain(params["embed"], ("table_vocab", "embed"))
+    h = jnp.take(table, input_ids, axis=0)
     h = constrain(h, ("batch", "length", "act_embed"))
     eps = cfg.rms_norm_eps
 

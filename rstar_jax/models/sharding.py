@@ -25,6 +25,7 @@ DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
     "act_vocab": "tensor",
     "act_heads": "tensor",
     "vocab": "tensor",
+    "table_vocab": None,   # the embedding table's vocab axis at lookup time
     "embed": "fsdp",
     "heads": "tensor",
     "kv_heads": "tensor",
