@@ -147,7 +147,7 @@ def test_sharded_mesh_gives_same_tokens_as_one_device(params):
     engine = GenerationEngine(params, CFG, mesh=mesh, **ENGINE)
     assert engine.cache.k[0].sharding.spec[0] == ("data", "fsdp")
     assert engine.cache.k[0].sharding.spec[1] == "tensor"
-    assert engine.params["layers"][0]["q_kernel"].sharding.spec[1] == "tensor"
+    assert engine.params["layers"][0]["gate_up_kernel"].sharding.spec[2] == "tensor"
     eight = engine.generate(reqs)
     assert [[c.token_ids for c in r] for r in one] == [[c.token_ids for c in r] for r in eight]
 

@@ -79,28 +79,71 @@ def _record(st: SlotState, tok: jax.Array, active: jax.Array, lengths: jax.Array
         done=st.done | stops, stop_reason=jnp.where(stops, reason, st.stop_reason))
 
 
-def split_layers(params: dict) -> dict:
-    """The engine's weight layout: the stacked [L, ...] layer arrays as a tuple of L dicts.
+ENGINE_LAYER_AXES = {
+    "attn_norm": ("norm",), "mlp_norm": ("norm",),
+    # q heads grouped under their kv head: [D, G, R + 2, Dh] = R query heads, then k, then v
+    "qkv_kernel": ("embed", "kv_heads", None, "head_dim"),
+    "qkv_bias": ("kv_heads", None, "head_dim"),
+    "o_kernel": ("heads", "head_dim", "embed"),
+    "gate_up_kernel": ("embed", None, "mlp"),          # [D, 2, F]
+    "down_kernel": ("mlp", "embed"),
+}
 
-    Decoding reads every weight once per token; indexing a stacked array per layer makes
-    XLA copy that layer's slice each step (measured on an H100 at 1.5B shapes: about half
-    of the step time), so the engine keeps one separate buffer per layer instead.
+
+def split_layers(params: dict) -> dict:
+    """The engine's weight layout: one dict of fused weights per layer.
+
+    Decoding reads every weight once per token. Indexing a stacked [L, ...] array per
+    layer makes XLA copy that layer's slice each step (measured on an H100 at 1.5B
+    shapes: about half of the step time), so each layer gets its own buffers. Within a
+    layer, q/k/v become one matrix and gate/up another, so a decode step issues two
+    matmuls where it issued five; q heads are grouped under their kv head so that a
+    tensor-parallel split of the kv-head axis keeps each group on one device.
     """
     layers = params["layers"]
-    n = jax.tree.leaves(layers)[0].shape[0]
+    n, d, h, dh = layers["q_kernel"].shape
+    g = layers["k_kernel"].shape[2]
+    r = h // g
+
+    def one(i):
+        q = layers["q_kernel"][i].reshape(d, g, r, dh)
+        qkv = jnp.concatenate([q, layers["k_kernel"][i][:, :, None], layers["v_kernel"][i][:, :, None]], axis=2)
+        qb = layers["q_bias"][i].reshape(g, r, dh)
+        qkv_b = jnp.concatenate([qb, layers["k_bias"][i][:, None], layers["v_bias"][i][:, None]], axis=1)
+        return {"attn_norm": layers["attn_norm"][i], "mlp_norm": layers["mlp_norm"][i],
+                "qkv_kernel": qkv, "qkv_bias": qkv_b, "o_kernel": layers["o_kernel"][i],
+                "gate_up_kernel": jnp.stack([layers["gate_kernel"][i], layers["up_kernel"][i]], axis=1),
+                "down_kernel": layers["down_kernel"][i]}
+
     out = {k: v for k, v in params.items() if k != "layers"}
-    out["layers"] = tuple(jax.tree.map(lambda x: x[i], layers) for i in range(n))
+    out["layers"] = tuple(one(i) for i in range(n))
     return out
 
 
-def split_layer_shardings(shardings: dict, num_layers: int) -> dict:
-    """Shardings for `split_layers(params)` from those of the stacked params."""
-    def drop_layer_axis(sh):
-        return NamedSharding(sh.mesh, P(*tuple(sh.spec)[1:]))
+def split_layer_shardings(shardings: dict, params: dict, mesh, rules=None) -> dict:
+    """Shardings for `split_layers(params)`: non-layer entries keep theirs."""
+    from rstar_jax.models.sharding import logical_to_spec
+    shapes = jax.eval_shape(split_layers, params)
     out = {k: v for k, v in shardings.items() if k != "layers"}
-    per_layer = jax.tree.map(drop_layer_axis, shardings["layers"])
-    out["layers"] = tuple(per_layer for _ in range(num_layers))
+    out["layers"] = tuple(
+        {name: NamedSharding(mesh, logical_to_spec(ENGINE_LAYER_AXES[name], x.shape, mesh, rules))
+         for name, x in layer.items()}
+        for layer in shapes["layers"])
     return out
+
+
+def _layer_qkv(p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array):
+    """Rotated q [B, T, H, Dh] and k, v [B, T, G, Dh] of x [B, T, D] from fused weights."""
+    qkv = jnp.einsum("btd,dgjk->btgjk", x, p["qkv_kernel"]) + p["qkv_bias"]
+    b, t, g, j, dh = qkv.shape
+    q = qkv[:, :, :, : j - 2].reshape(b, t, g * (j - 2), dh)
+    return Lyr.apply_rope(q, cos, sin), Lyr.apply_rope(qkv[:, :, :, j - 2], cos, sin), qkv[:, :, :, j - 1]
+
+
+def _layer_mlp(p: dict, x: jax.Array) -> jax.Array:
+    """SwiGLU with the fused gate/up matrix: [B, T, D] -> [B, T, D]."""
+    gate_up = jnp.einsum("btd,dcf->btcf", x, p["gate_up_kernel"])
+    return jnp.einsum("btf,fd->btd", jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1], p["down_kernel"])
 
 
 def _decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
@@ -140,13 +183,13 @@ def decode_forward(params: dict, cfg: Qwen2Config, cache: KVCache, tokens: jax.A
     # A Python loop over separate layer buffers (not a scan over stacked ones): see
     # split_layers for why.
     for p, k_cache, v_cache in zip(params["layers"], cache.k, cache.v):
-        q, k, v = Lyr.qkv_projection(p, Lyr.rms_norm(h, p["attn_norm"], eps), cos, sin)
+        q, k, v = _layer_qkv(p, Lyr.rms_norm(h, p["attn_norm"], eps), cos, sin)
         k_cache = k_cache.at[rows, heads, write].set(k[:, 0], mode="drop")
         v_cache = v_cache.at[rows, heads, write].set(v[:, 0], mode="drop")
         attn = _decode_attention(q[:, 0], k_cache[:, :, :kv_len], v_cache[:, :, :kv_len],
                                  cache.lengths + 1)
         h = h + Lyr.attention_output(p, attn[:, None])
-        h = h + Lyr.swiglu_mlp(p, Lyr.rms_norm(h, p["mlp_norm"], eps))
+        h = h + _layer_mlp(p, Lyr.rms_norm(h, p["mlp_norm"], eps))
         ks.append(k_cache)
         vs.append(v_cache)
     h = Lyr.rms_norm(h[:, 0], params["final_norm"], eps)
@@ -224,11 +267,11 @@ def prefill(params: dict, cache: KVCache, tokens: jax.Array, slots: jax.Array,
 
     ks, vs = [], []
     for p, k_cache, v_cache in zip(params["layers"], cache.k, cache.v):
-        q, k, v = Lyr.qkv_projection(p, Lyr.rms_norm(h, p["attn_norm"], eps), cos, sin)
+        q, k, v = _layer_qkv(p, Lyr.rms_norm(h, p["attn_norm"], eps), cos, sin)
         k_rows = rows_with(k_cache[rows, :, :kv_len], k)
         v_rows = rows_with(v_cache[rows, :, :kv_len], v)
         h = h + Lyr.attention_output(p, Lyr.grouped_attention(q, k_rows, v_rows, mask))
-        h = h + Lyr.swiglu_mlp(p, Lyr.rms_norm(h, p["mlp_norm"], eps))
+        h = h + _layer_mlp(p, Lyr.rms_norm(h, p["mlp_norm"], eps))
         ks.append(k_cache.at[slot_idx, heads, write].set(k.transpose(0, 2, 1, 3), mode="drop"))
         vs.append(v_cache.at[slot_idx, heads, write].set(v.transpose(0, 2, 1, 3), mode="drop"))
     cache = KVCache(k=tuple(ks), v=tuple(vs),

@@ -114,7 +114,7 @@ class GenerationEngine:
             self.params, self.cache, self.state = decode.split_layers(params), cache, state
         else:
             p_shard = param_shardings(params, mesh, rules)
-            layer_shard = decode.split_layer_shardings(p_shard, cfg.num_hidden_layers)
+            layer_shard = decode.split_layer_shardings(p_shard, params, mesh, rules)
 
             def spec(logical, x):
                 return NamedSharding(mesh, logical_to_spec(logical, x.shape, mesh, rules))
