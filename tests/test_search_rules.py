@@ -234,3 +234,37 @@ def test_trees_saved_as_jsonl_as_they_finish_and_load_back(tmp_path):
     back = load_trees(str(out))
     assert [b.to_rstar_json() for b in back] == [t.to_rstar_json() for t in trees]
     assert back[1].nodes[back[1].nodes[0].children[0]].tag == "0.1"
+
+
+def test_interrupted_search_resumes_from_its_jsonl(tmp_path):
+    out = tmp_path / "trees.jsonl"
+    s1 = "a = 1\n" + EOS
+
+    class Prop(TableProposer):
+        def propose(self, prompts, n, temp):
+            self.seen.extend(prompts)
+            return [[s1, ANS(1, EOS)] for _ in prompts]
+
+    probs = [{"question": f"Q{i}", "answer": "1"} for i in range(3)]
+    config = cfg(num_rollouts=2, errors_threshold=1, batch_size=1)
+    full = mcts.search(probs, Prop({}), Executor(), config, answer_fn=answer_fn,
+                       grade_fn=grade_fn, progress=False, output_path=str(out))
+    lines = out.read_text().splitlines(keepends=True)
+    assert len(lines) == 3
+    # An interruption while problem 2's line was being written: two whole lines and a cut one.
+    out.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])
+    prop = Prop({})
+    again = mcts.search(probs, prop, Executor(), config, answer_fn=answer_fn,
+                        grade_fn=grade_fn, progress=False, output_path=str(out))
+    assert all("Q2" in p for p in prop.seen) and prop.seen        # only problem 2 searched
+    assert [t.to_rstar_json() for t in again] == [t.to_rstar_json() for t in full]
+    assert out.read_text().splitlines() == [l.rstrip("\n") for l in lines]
+
+
+def test_resume_refuses_a_corrupt_line_in_the_middle(tmp_path):
+    out = tmp_path / "trees.jsonl"
+    out.write_text("not json\n" + "{}\n")
+    with pytest.raises(ValueError, match="trees.jsonl:1"):
+        mcts.search([{"question": "Q0", "answer": "1"}], TableProposer({}), Executor(),
+                    cfg(num_rollouts=1), answer_fn=answer_fn, grade_fn=grade_fn,
+                    progress=False, output_path=str(out))

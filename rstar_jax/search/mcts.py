@@ -13,6 +13,8 @@ Host code (texts, subprocesses, files) lives in this file; array code lives in `
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -228,7 +230,7 @@ def _run_chunk(ch: _Chunk, proposer, executor, scorer, hooks: Hooks, on_finished
 def search(problems: Sequence[Any], proposer: Any, executor: Any, config: Any,
            scorer: Any = None, *, answer_fn: Callable[[str], str] | None = None,
            grade_fn: Callable[[str, str], bool] | None = None, output_path: str | None = None,
-           progress: bool = True, return_chunks: bool = False):
+           progress: bool = True, return_chunks: bool = False, resume: bool = True):
     """Run MCTS on every problem and return one `SearchTree` per problem, in order.
 
     Args:
@@ -242,6 +244,9 @@ def search(problems: Sequence[Any], proposer: Any, executor: Any, config: Any,
       output_path: JSONL file; each tree is appended as soon as it is finished.
       progress: show a tqdm bar (problems finished, steps or tokens, solve rate).
       return_chunks: also return the internal chunks (device arrays, selection log).
+      resume: when `output_path` already holds finished trees (an interrupted run), those
+        problems are loaded instead of searched again; a line cut off by the interruption
+        is dropped.
     """
     check_config(config)
     hooks = Hooks(answer_fn or default_answer_fn, grade_fn or default_grade_fn)
@@ -266,15 +271,62 @@ def search(problems: Sequence[Any], proposer: Any, executor: Any, config: Any,
         stats["finished"] += len(trees)
         _update_bar(bar, len(trees), stats, proposer)
 
+    todo = list(range(len(trees_all)))
+    if output_path and resume:
+        done = _finished_trees(output_path, trees_all)
+        for i, tree in done.items():
+            trees_all[i] = tree
+        todo = [i for i in todo if i not in done]
+        if done:
+            stats["finished"] = len(done)
+            if bar is not None:
+                bar.update(len(done))
     chunks = []
     bs = int(config.batch_size)
-    for s in range(0, len(trees_all), bs):
-        ch = _Chunk(trees_all[s: s + bs], config)
+    for s in range(0, len(todo), bs):
+        ch = _Chunk([trees_all[i] for i in todo[s: s + bs]], config)
         _run_chunk(ch, proposer, executor, scorer, hooks, on_finished, stats)
         chunks.append(ch)
     if bar is not None:
         bar.close()
     return (trees_all, chunks) if return_chunks else trees_all
+
+
+def _finished_trees(path: str, trees: Sequence[SearchTree]) -> dict[int, SearchTree]:
+    """Trees already in `path`, matched to problems by question (then answer), in order.
+
+    The file is appended one flushed line per finished tree, so an interruption can only
+    cut the last line; that line is removed from the file. Any other bad line is an error.
+    """
+    if not os.path.exists(path):
+        return {}
+    with open(path, "rb") as f:
+        data = f.read()
+    found: dict[tuple, list[SearchTree]] = {}
+    keep = 0
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        end = keep + len(raw) + 1
+        if not raw.strip():
+            keep = min(end, len(data))
+            continue
+        try:
+            rec = json.loads(raw)
+            tree = SearchTree.from_record(rec, where=f"{path}:{lineno}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            if end > len(data):          # the last, unterminated line: cut by the interruption
+                with open(path, "r+b") as f:
+                    f.truncate(keep)
+                break
+            raise ValueError(f"{path}:{lineno}: not a tree dump line ({e}); fix or remove the "
+                             "file, or pass resume=False") from e
+        found.setdefault((tree.question, tree.answer), []).append(tree)
+        keep = min(end, len(data))
+    done = {}
+    for i, t in enumerate(trees):
+        same = found.get((t.question, t.answer))
+        if same:
+            done[i] = same.pop(0)
+    return done
 
 
 def greedy(problems: Sequence[Any], proposer: Any, executor: Any, config: Any, **kw):
