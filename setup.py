@@ -27,6 +27,7 @@ setup(
     ],
     extras_require={
         "gpu": ["jax[cuda12]>=0.10.2,<0.13"],
+        "gpu-cuda13": ["jax[cuda13]>=0.10.2,<0.13"],
         # torch==2.13.0 (CPU) is the independent reference for logits parity tests.
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch==2.13.0"],
     },

@@ -97,7 +97,7 @@ class Qwen2Config:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "Qwen2Config":
-        cfg_path = os.path.join(os.fspath(path), "config.json")
+        cfg_path = os.path.join(os.path.expanduser(os.fspath(path)), "config.json")
         if not os.path.isfile(cfg_path):
             raise FileNotFoundError(
                 f"{cfg_path} not found: a Hugging Face checkpoint directory needs config.json")

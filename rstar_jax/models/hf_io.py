@@ -191,7 +191,7 @@ def load_pretrained(path: str | os.PathLike, *, dtype="bfloat16", mesh=None, rul
       mesh: a device mesh (`rstar_jax.models.make_mesh`); params are placed sharded by
         the logical-axis rules, never fully replicated first.
     """
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     cfg = Qwen2Config.from_pretrained(path)
     dtype = resolve_dtype(dtype)
     model_fn = lambda: Qwen2ForCausalLM(cfg, dtype=dtype, remat=remat)  # noqa: E731
@@ -210,7 +210,7 @@ def load_ppm(path: str | os.PathLike, *, dtype="bfloat16", mesh=None, rules=None
     With `init_value_head_seed`, a policy directory without a value head is accepted and
     the head is freshly initialised (the reference re-initialises the PPM from the policy).
     """
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     cfg = Qwen2Config.from_pretrained(path)
     dtype = resolve_dtype(dtype)
     vh_path = os.path.join(path, VALUE_HEAD_FILE)
@@ -283,7 +283,7 @@ def save_pretrained(model: Qwen2ForCausalLM | Qwen2PPM, path: str | os.PathLike,
     Files over `max_shard_bytes` are split as `model-0000i-of-0000n.safetensors` with a
     `model.safetensors.index.json`, as transformers does.
     """
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     os.makedirs(path, exist_ok=True)
     is_ppm = isinstance(model, Qwen2PPM)
     params = params_of(model)

@@ -15,16 +15,40 @@ from rstar_jax.search.step_format import SPECIAL_TOKENS
 def load_tokenizer(path: str | os.PathLike, *, add_step_tokens: bool = True):
     """`AutoTokenizer` from `path` (no hub access), with the step tags added as special tokens."""
     from transformers import AutoTokenizer
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer directory {path} does not exist")
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if _declares_generic_class(path):
+        # A tokenizer saved as the generic fast class (e.g. the tiny tokenizer beside an
+        # exported policy): AutoTokenizer would pick the class of config.json's model_type
+        # (Qwen2Tokenizer), whose own pre-tokenizer splits digits and so changes the ids.
+        from transformers import PreTrainedTokenizerFast
+        tok = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+    else:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if add_step_tokens:
         missing = [t for t in SPECIAL_TOKENS if t not in tok.get_vocab()]
         if missing:
             tok.add_special_tokens({"additional_special_tokens": missing},
                                    replace_extra_special_tokens=False)
     return tok
+
+
+_GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _declares_generic_class(path: str) -> bool:
+    """tokenizer_config.json names the generic fast class and tokenizer.json is present."""
+    import json
+    cfg = os.path.join(path, "tokenizer_config.json")
+    if not (os.path.isfile(cfg) and os.path.isfile(os.path.join(path, "tokenizer.json"))):
+        return False
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            declared = json.load(f).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return declared in _GENERIC_TOKENIZER_CLASSES
 
 
 def step_token_ids(tokenizer) -> dict[str, int]:
