@@ -30,6 +30,12 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # Attention reads the cache only up to a multiple of this (a static shape per bucket):
     # fewer buckets mean fewer compiles, finer buckets fewer wasted key reads.
     c.kv_bucket = 512
+    # Decode attention: "xla" reads each chunk's kv bucket (XLA copies a bucket shorter than
+    # max_seq_len out of every layer's cache per token); "pallas" is the ragged kernel of
+    # rstar_jax/engine/decode_attention.py that reads each slot's row in place up to its
+    # own length (no bucket, one decode compile); "auto" = pallas on GPU. Stays "xla"
+    # pending an H100 measurement of the kernel (launch/bench_engine.py --decode-attention).
+    c.decode_attention = "xla"
     # Prefill batches are padded to multiples of these to bound recompiles.
     c.prefill_len_bucket = 128
     c.prefill_batch = 16

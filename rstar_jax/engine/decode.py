@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from rstar_jax.engine.decode_attention import decode_attention
 from rstar_jax.engine.kv_cache import KVCache
 from rstar_jax.engine.sampling import request_keys, sample_tokens, sample_tokens_static
 from rstar_jax.models import layers as Lyr
@@ -146,30 +147,17 @@ def _layer_mlp(p: dict, x: jax.Array) -> jax.Array:
     return jnp.einsum("btf,fd->btd", jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1], p["down_kernel"])
 
 
-def _decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
-                      valid_len: jax.Array) -> jax.Array:
-    """One query per slot against its cached keys, the new key already written in.
-
-    q [S, H, Dh]; k_cache, v_cache [S, G, K, Dh]; valid_len [S] keys to attend to.
-    Returns [S, H, Dh]. Softmax in float32, normalised before the cast as HF does.
-    """
-    s, h, dh = q.shape
-    g = k_cache.shape[1]
-    qg = q.reshape(s, g, h // g, dh)
-    scores = jnp.einsum("sgrk,sgtk->sgrt", qg, k_cache).astype(jnp.float32) * (dh ** -0.5)
-    valid = jnp.arange(k_cache.shape[2])[None, :] < valid_len[:, None]          # [S, K]
-    scores = jnp.where(valid[:, None, None, :], scores, Lyr.MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
-    return jnp.einsum("sgrt,sgtk->sgrk", probs, v_cache).reshape(s, h, dh)
-
-
 def decode_forward(params: dict, cfg: Qwen2Config, cache: KVCache, tokens: jax.Array,
-                   active: jax.Array, kv_len: int):
+                   active: jax.Array, kv_len: int, attention: str = "xla",
+                   attn_block_k: int = 64, attn_shard: tuple | None = None):
     """One token per slot: tokens [S] at positions cache.lengths, for `split_layers` params.
 
     Each layer writes its new key/value into its own cache buffer in place (inactive
-    slots write nothing), then attends over positions [0, kv_len). Returns logits [S, V]
-    float32 and the cache with the new entries (lengths unchanged).
+    slots write nothing), then attends over its valid keys: attention="xla" reads
+    positions [0, kv_len) of every row, "pallas" (decode_attention.py) reads each row in
+    place up to its own length (kv_len unused), "auto" is pallas on GPU. attn_block_k,
+    attn_shard: the kernel's key block and (mesh, cache PartitionSpec) when sharded.
+    Returns logits [S, V] float32 and the cache with the new entries (lengths unchanged).
     """
     eps = cfg.rms_norm_eps
     s, t = cache.num_slots, cache.max_len
@@ -186,8 +174,8 @@ def decode_forward(params: dict, cfg: Qwen2Config, cache: KVCache, tokens: jax.A
         q, k, v = _layer_qkv(p, Lyr.rms_norm(h, p["attn_norm"], eps), cos, sin)
         k_cache = k_cache.at[rows, heads, write].set(k[:, 0], mode="drop")
         v_cache = v_cache.at[rows, heads, write].set(v[:, 0], mode="drop")
-        attn = _decode_attention(q[:, 0], k_cache[:, :, :kv_len], v_cache[:, :, :kv_len],
-                                 cache.lengths + 1)
+        attn = decode_attention(q[:, 0], k_cache, v_cache, cache.lengths + 1, kv_len,
+                                attention, block_k=attn_block_k, shard=attn_shard)
         h = h + Lyr.attention_output(p, attn[:, None])
         h = h + _layer_mlp(p, Lyr.rms_norm(h, p["mlp_norm"], eps))
         ks.append(k_cache)
@@ -199,15 +187,17 @@ def decode_forward(params: dict, cfg: Qwen2Config, cache: KVCache, tokens: jax.A
 
 def decode_steps(params: dict, cache: KVCache, state: SlotState, stop_ids: jax.Array,
                  eos_id: jax.Array, *, cfg: Qwen2Config, num_steps: int, kv_len: int,
-                 sampling: str = "sample", block: int = 8):
+                 sampling: str = "sample", block: int = 8, attention: str = "xla",
+                 attn_block_k: int = 64, attn_shard: tuple | None = None):
     """Up to num_steps tokens for every unfinished slot, without leaving the device.
 
     stop_ids [n] int32 (pad with -1), eos_id scalar int32 (-1 = none); sampling is the
     static mode of `sample_tokens_static`. Tokens come in blocks of `block` fixed-count
     steps inside a while loop that ends once every slot is done: the fixed inner count
     spares the GPU a predicate round trip to the host per token, the outer check still
-    stops early. The caller guarantees max(active lengths) + num_steps <= kv_len.
-    Returns the updated (cache, state).
+    stops early. The caller guarantees max(active lengths) + num_steps <= kv_len (any
+    kv_len does for attention="pallas", which reads each row up to its own length).
+    attention, attn_block_k, attn_shard: see decode_forward. Returns the updated (cache, state).
     """
     t = cache.max_len
     block = max(1, min(block, num_steps))
@@ -216,7 +206,8 @@ def decode_steps(params: dict, cache: KVCache, state: SlotState, stop_ids: jax.A
     def step(_, carry):
         c, st = carry
         active = ~st.done
-        logits, c = decode_forward(params, cfg, c, st.last_token, active, kv_len)
+        logits, c = decode_forward(params, cfg, c, st.last_token, active, kv_len,
+                                   attention, attn_block_k, attn_shard)
         c = c.replace(lengths=c.lengths + active.astype(jnp.int32))
         tok = sample_tokens_static(logits, st.keys, st.num_generated, st.temperature,
                                    st.top_p, st.top_k, mode=sampling)

@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rstar_jax.engine import decode
+from rstar_jax.engine.decode_attention import check_pallas_shapes, resolve_impl
 from rstar_jax.engine.kv_cache import CACHE_AXES, KVCache, copy_rows, init_cache
 from rstar_jax.models.config import Qwen2Config, resolve_dtype
 from rstar_jax.models.sharding import logical_to_spec, param_shardings
@@ -76,19 +77,28 @@ class GenerationEngine:
       steps_per_call: decode steps per jitted call.
       kv_bucket, prefill_len_bucket, prefill_batch: static-shape buckets (configs/engine.py).
       mesh, rules: shard slots over (data, fsdp) and KV heads over tensor when given.
+      decode_attention: "xla" (read each decode chunk's kv bucket), "pallas" (the ragged
+        kernel of decode_attention.py: each slot's row in place up to its own length; one
+        decode compile, no bucket; interpret mode on CPU) or "auto" (pallas on GPU).
+      decode_block_k: the Pallas kernel's key block (a power of two dividing max_len).
     """
 
     def __init__(self, params: dict, cfg: Qwen2Config, *, slots: int, max_len: int,
                  capacity: int, stop_token_ids: Sequence[int] = (),
                  eos_token_id: int | None = None, steps_per_call: int = 32,
                  kv_bucket: int = 512, prefill_len_bucket: int = 128, prefill_batch: int = 16,
-                 mesh: Mesh | None = None, rules: Mapping | None = None, dtype=None):
+                 mesh: Mesh | None = None, rules: Mapping | None = None, dtype=None,
+                 decode_attention: str = "xla", decode_block_k: int = 64):
         if slots < 1 or max_len < 2 or capacity < 1 or steps_per_call < 1:
             raise ValueError(f"engine needs slots>=1, max_len>=2, capacity>=1, steps_per_call>=1; "
                              f"got {slots}, {max_len}, {capacity}, {steps_per_call}")
         if max_len > cfg.max_position_embeddings:
             raise ValueError(f"engine max_len {max_len} exceeds the model's "
                              f"max_position_embeddings {cfg.max_position_embeddings}")
+        self.decode_attention = resolve_impl(decode_attention)
+        self.decode_block_k = decode_block_k
+        if self.decode_attention == "pallas":   # fail here, not at the first decode
+            check_pallas_shapes(cfg.head_dim, max_len, decode_block_k)
         self.cfg, self.slots, self.max_len, self.capacity = cfg, slots, max_len, capacity
         self.steps_per_call, self.kv_bucket = steps_per_call, kv_bucket
         self.prefill_len_bucket, self.prefill_batch = prefill_len_bucket, prefill_batch
@@ -294,10 +304,13 @@ class GenerationEngine:
             active = np.flatnonzero(self._busy)
             longest = int(max(self._cached_len[a] + max(gen_len[a] - 1, 0) for a in active))
             kv_len = min(self.max_len, _round_up(longest + self.steps_per_call, self.kv_bucket))
+            if self.decode_attention == "pallas":
+                kv_len = self.max_len    # the kernel ignores the bucket: one compile
             t0 = time.perf_counter()
             self.cache, self.state = self._fn("decode", num_steps=self.steps_per_call,
                                               kv_len=kv_len,
-                                              sampling=self._sampling_mode(live, requests))(
+                                              sampling=self._sampling_mode(live, requests),
+                                              **self._attention_args())(
                 self.params, self.cache, self.state, self.stop_ids, self.eos_id)
             done, n_gen, reason = jax.device_get(
                 (self.state.done, self.state.num_generated, self.state.stop_reason))
@@ -322,6 +335,16 @@ class GenerationEngine:
                     self._last_used[slot] = self._clock
                     gen_len[slot] = 0
         return results
+
+    def _attention_args(self) -> dict:
+        """decode_steps' static attention arguments."""
+        if self.decode_attention == "xla":
+            return dict(attention="xla")
+        shard = None
+        if self._mesh is not None:
+            shard = (self._mesh, self._shardings["cache"].k[0].spec)
+        return dict(attention=self.decode_attention, attn_block_k=self.decode_block_k,
+                    attn_shard=shard)
 
     @staticmethod
     def _sampling_mode(live: dict, requests: Sequence[Request]) -> str:
