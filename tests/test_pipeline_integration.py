@@ -33,7 +33,7 @@ from rstar_jax.data.rstar_trees import (REQUIRED_NODE_FIELDS, is_valid_answer_le
                                         load_tree_records)
 from rstar_jax.data.sft_data import build_sft_rows
 from rstar_jax.engine import EngineProposer, EngineScorer, engine_from_config
-from rstar_jax.models import (Qwen2Config, Qwen2ForCausalLM, forward_scores, load_ppm,
+from rstar_jax.models import (Qwen2Config, Qwen2ForCausalLM, Qwen2PPM, forward_scores, load_ppm,
                               load_pretrained, load_tokenizer, make_mesh, params_of)
 from rstar_jax.models.tiny_tokenizer import build_tiny_tokenizer
 from rstar_jax.search import mcts
@@ -213,8 +213,11 @@ def test_one_self_evolution_round(tmp_path):
 
     ppm_cfg = load_config("train_ppm", "tiny")
     ppm_cfg.epochs = 30
-    ppm0 = load_ppm(tmp_path / "sft" / "policy", dtype="float32", init_value_head_seed=0)
-    ppm = train_ppm(ppm_cfg, ppm0, ppm_rows, tok, tmp_path / "ppm", mesh=mesh, progress=False)
+    # The PPM starts from this round's policy with a fresh value head (§4.5).
+    ppm = train_ppm(ppm_cfg, Qwen2PPM.from_policy(policy1, seed=0), ppm_rows, tok,
+                    tmp_path / "ppm", mesh=mesh, progress=False)
+    # ... and training it leaves the policy alone (from_policy used to share the trunk).
+    assert_bit_exact(params_of(policy1), params_of(reloaded_policy))
     ppm_log = [m for m in read_metrics(tmp_path / "ppm" / "metrics_ppm.jsonl") if "loss" in m]
     assert ppm_log and all(math.isfinite(m["loss"]) for m in ppm_log)
     reloaded_ppm = load_ppm(tmp_path / "ppm" / "ppm", dtype="float32")

@@ -125,8 +125,12 @@ class Qwen2PPM(nnx.Module):
 
     @classmethod
     def from_policy(cls, policy: Qwen2ForCausalLM, *, seed: int = 0) -> "Qwen2PPM":
-        """Each round the PPM is re-initialised from the policy (reference issue #29)."""
-        return cls(policy.cfg, backbone=policy, rngs=nnx.Rngs(seed))
+        """Each round the PPM is re-initialised from the policy (reference issue #29).
+
+        The trunk is a copy: training the PPM (which writes its params back into the
+        model) must not overwrite the round's policy.
+        """
+        return cls(policy.cfg, backbone=nnx.clone(policy), rngs=nnx.Rngs(seed))
 
     def params(self) -> dict:
         return params_of(self)
