@@ -3,6 +3,8 @@
 Random weights of a model preset (configs/model.py), B prompts of --prompt-len random
 tokens, --new-tokens generated with stops disabled (greedy). One JSON line per batch size:
   python launch/bench_engine.py --preset qwen2.5-math-1.5b --batch-sizes 16,64,256
+Decode attention: --decode-attention xla (kv buckets, the default) or pallas (the ragged
+in-place kernel of rstar_jax/engine/decode_attention.py; --decode-block-k sets its key block).
 Ours needs only jax; the HF baseline (static and dynamic cache) runs when torch and
 transformers are importable and --skip-hf is not given.
 Roofline: a decode step must read all weights and the live KV cache once, so
@@ -54,7 +56,7 @@ def bench_ours(params, cfg, b, prompt_len, new_tokens, args, dtype):
         params, cfg, slots=b, max_len=prompt_len + new_tokens, capacity=new_tokens,
         steps_per_call=args.steps_per_call, kv_bucket=args.kv_bucket,
         prefill_len_bucket=args.prefill_len_bucket, prefill_batch=min(b, args.prefill_batch),
-        dtype=dtype)
+        dtype=dtype, decode_attention=args.decode_attention, decode_block_k=args.decode_block_k)
     rng = np.random.default_rng(0)
 
     def run(seed):
@@ -132,6 +134,10 @@ def main(argv=None):
     ap.add_argument("--kv-bucket", type=int, default=512)
     ap.add_argument("--prefill-len-bucket", type=int, default=256)
     ap.add_argument("--prefill-batch", type=int, default=64)
+    ap.add_argument("--decode-attention", default="xla", choices=("xla", "pallas", "auto"),
+                    help="decode attention: xla (kv buckets) or the ragged in-place Pallas kernel")
+    ap.add_argument("--decode-block-k", type=int, default=64,
+                    help="key block of the Pallas kernel (a power of two dividing the cache length)")
     ap.add_argument("--bandwidth", type=float, default=3.35e12,
                     help="HBM bytes/s for the roofline (H100 SXM 3.35e12, H200 4.8e12)")
     ap.add_argument("--skip-hf", action="store_true")
@@ -145,6 +151,8 @@ def main(argv=None):
     for b in [int(x) for x in args.batch_sizes.split(",") if x]:
         rec = dict(preset=args.preset, batch=b, prompt_len=args.prompt_len,
                    new_tokens=args.new_tokens, dtype=args.dtype, backend=jax.default_backend(),
+                   decode_attention=args.decode_attention, kv_bucket=args.kv_bucket,
+                   decode_block_k=args.decode_block_k,
                    device=str(jax.devices()[0].device_kind))
         rec["ours"] = bench_ours(params, cfg, b, args.prompt_len, args.new_tokens, args, dtype)
         rec["roofline"] = roofline(cfg, wbytes, b, args.prompt_len, args.new_tokens,
