@@ -96,6 +96,28 @@ def test_kernel_block_k():
         kernel_block_k(100, 64)
 
 
+@pytest.mark.parametrize("dtype,s,g,r,dh,t,block_k", [
+    (jnp.bfloat16, 256, 2, 6, 128, 1536, 64),    # Qwen2.5-Math-1.5B decode shapes
+    (jnp.bfloat16, 128, 4, 7, 128, 4096, 128),   # 7B, the full 4096 cache
+    (jnp.float32, 8, 2, 2, 16, 128, 16),         # the tiny test model
+])
+def test_pallas_lowers_to_triton_for_cuda(dtype, s, g, r, dh, t, block_k):
+    """The Pallas -> Triton lowering runs without a GPU (cross-platform export): shape and
+    type errors of the kernel surface here, not first on the H100."""
+    from jax import export
+    q = jax.ShapeDtypeStruct((s, g * r, dh), dtype)
+    cache = jax.ShapeDtypeStruct((s, g, t, dh), dtype)
+    n = jax.ShapeDtypeStruct((s,), jnp.int32)
+    f = jax.jit(lambda *a: decode_attention_pallas(*a, block_k=block_k, interpret=False))
+    triton = "__gpu$xla.gpu.triton"
+    exp = export.export(f, platforms=["cuda"],
+                        disabled_checks=[export.DisabledSafetyCheck.custom_call(triton)])(
+        q, cache, cache, n)
+    text = exp.mlir_module()
+    assert triton in text and "ragged_decode_attention" in text
+    assert exp.out_avals[0].shape == (s, g * r, dh)
+
+
 # ---- the engine with the kernel: same greedy tokens as the XLA path --------------------
 
 CFG = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,

@@ -64,22 +64,26 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, o_ref, *, block_k: int, max_len: int,
     rows, dh = q_ref.shape
     n = jnp.minimum(len_ref[...], max_len)           # this slot's valid keys
     q = q_ref[...]
+    # float32 caches: exact (IEEE) dots, not TF32; others: the dtype's default MMA.
+    precision = jax.lax.Precision.HIGHEST if exact else None
     offsets = jnp.arange(block_k)
 
     def body(i, carry):
         acc, m_prev, l_prev = carry
         start = pl.multiple_of(i * block_k, block_k)
         valid = start + offsets < n                                          # [block_k]
-        # Masked loads: stale (or non-finite) entries past valid_len never reach the math.
-        k = plgpu.load(k_ref.at[pl.ds(start, block_k), :], mask=valid[:, None], other=0)
-        v = plgpu.load(v_ref.at[pl.ds(start, block_k), :], mask=valid[:, None], other=0)
-        s = plgpu.dot(q, k, trans_b=True, allow_tf32=not exact) * scale     # [Rp, block_k] f32
+        # Masked loads skip the tail past valid_len (its lanes are undefined): scores there
+        # are replaced by _MASK and values by 0, so stale or non-finite entries never count.
+        k = plgpu.load(k_ref.at[pl.ds(start, block_k), :], mask=valid[:, None])
+        v = plgpu.load(v_ref.at[pl.ds(start, block_k), :], mask=valid[:, None])
+        v = jnp.where(valid[:, None], v, jnp.zeros((), v.dtype))
+        s = plgpu.dot(q, k, trans_b=True, precision=precision) * scale      # [Rp, block_k] f32
         s = jnp.where(valid[None, :], s, _MASK)
         m_next = jnp.maximum(m_prev, s.max(axis=-1))
         correction = jnp.exp(m_prev - m_next)
         p = jnp.exp(s - m_next[:, None])
         l_next = correction * l_prev + p.sum(axis=-1)
-        acc = correction[:, None] * acc + plgpu.dot(p.astype(v.dtype), v, allow_tf32=not exact)
+        acc = correction[:, None] * acc + plgpu.dot(p.astype(v.dtype), v, precision=precision)
         return acc, m_next, l_next
 
     init = (jnp.zeros((rows, dh), jnp.float32), jnp.full((rows,), _MASK, jnp.float32),
@@ -131,7 +135,7 @@ def decode_attention_pallas(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array
     qg = q.reshape(s, g, r, dh)
     if rows > r:
         qg = jnp.pad(qg, ((0, 0), (0, 0), (0, rows - r), (0, 0)))
-    exact = jnp.dtype(k_cache.dtype) == jnp.float32
+    exact = bool(jnp.dtype(k_cache.dtype) == jnp.float32)
     kernel = functools.partial(_kernel, block_k=bk, max_len=t, scale=dh ** -0.5, exact=exact)
     row = pl.BlockSpec((None, None, t, dh), lambda i, j: (i, j, 0, 0))
     out = pl.pallas_call(
