@@ -268,3 +268,25 @@ def test_resume_refuses_a_corrupt_line_in_the_middle(tmp_path):
         mcts.search([{"question": "Q0", "answer": "1"}], TableProposer({}), Executor(),
                     cfg(num_rollouts=1), answer_fn=answer_fn, grade_fn=grade_fn,
                     progress=False, output_path=str(out))
+
+
+def test_alternative_gold_answers_are_all_accepted_and_dumped(tmp_path):
+    from rstar_jax.data.benchmarks import Problem
+    from rstar_jax.data.rstar_trees import load_tree_records
+    out = tmp_path / "trees.jsonl"
+
+    class Prop(TableProposer):
+        def propose(self, prompts, n, temp):
+            return [[ANS(7, EOS)] for _ in prompts]
+
+    probs = [Problem(index=0, question="Q0", answer="3", alternatives=("7",)),
+             {"question": "Q1", "answer": "3"}]
+    trees = mcts.search(probs, Prop({}), Executor(), cfg(num_rollouts=1), answer_fn=answer_fn,
+                        grade_fn=lambda pred, gold: (gold if isinstance(gold, list) else [gold])
+                        .count(pred) > 0, progress=False, output_path=str(out))
+    assert trees[0].answer == ["3", "7"] and trees[1].answer == "3"
+    leaf0, leaf1 = (t.nodes[t.nodes[0].children[0]] for t in trees)
+    assert leaf0.q_value == 1.0 and leaf1.q_value == -1.0   # 7 matches only an alternative
+    records = load_tree_records(str(out))
+    assert records[0].answer == ("3", "7") and records[1].answer == "3"
+    assert mcts.default_grade_fn("7", ["3", "7"]) and not mcts.default_grade_fn("5", ["3", "7"])

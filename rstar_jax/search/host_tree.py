@@ -76,7 +76,8 @@ class SearchTree:
 
     Attributes:
       question: the problem text.
-      answer: the gold answer, or None at inference.
+      answer: the gold answer, a list of accepted gold answers (a few MATH records accept
+        several), or None at inference.
       record: the input problem record (written back into the dump line).
       nodes: all nodes, `nodes[i].index == i`; nodes[0] is the root.
       mode: "mcts" or "bs" (beam search also dumps its `solutions`, §4.1).
@@ -84,14 +85,14 @@ class SearchTree:
     """
 
     question: str
-    answer: str | None = None
+    answer: str | list[str] | None = None
     record: dict[str, Any] = dataclasses.field(default_factory=dict)
     nodes: list[Node] = dataclasses.field(default_factory=list)
     mode: str = "mcts"
     solutions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @classmethod
-    def new(cls, question: str, answer: str | None = None, record: dict | None = None,
+    def new(cls, question: str, answer: str | list[str] | None = None, record: dict | None = None,
             mode: str = "mcts") -> "SearchTree":
         root = Node(index=0, parent=-1, tag="0", depth=0, extra_info=f"question: {question}")
         return cls(question=question, answer=answer, record=dict(record or {}), nodes=[root],
@@ -156,7 +157,7 @@ class SearchTree:
         rec = dict(self.record)
         rec.setdefault("question", self.question)
         if self.answer is not None:
-            rec.setdefault("answer", self.answer)
+            rec["answer"] = self.answer    # every accepted gold, so the data rules see them all
         rec["rstar"] = self.to_rstar_json()
         return rec
 
@@ -172,7 +173,11 @@ class SearchTree:
         answer = rec.get("answer")
         record = {k: v for k, v in rec.items() if k not in ("rstar", "tree")}
         mode = "bs" if "solutions" in states else "mcts"
-        tree = cls(question=question, answer=None if answer is None else str(answer),
+        if isinstance(answer, (list, tuple)):
+            answer = [str(a) for a in answer]
+        elif answer is not None:
+            answer = str(answer)
+        tree = cls(question=question, answer=answer,
                    record=record, mode=mode, solutions=list(states.get("solutions", [])))
         queue = [("0", -1, 0)]
         while queue:

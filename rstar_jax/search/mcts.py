@@ -35,14 +35,20 @@ def default_answer_fn(step_text: str) -> str:
     return grader.extract_answer(step_text)
 
 
-def default_grade_fn(pred: str, gold: str) -> bool:
-    """Math equivalence via the project grader (imported lazily)."""
+def default_grade_fn(pred: str, gold: str | Sequence[str]) -> bool:
+    """Math equivalence via the project grader (imported lazily); any of several golds."""
     from rstar_jax.verify import grader
-    return bool(grader.math_equal(pred, gold))
+    golds = [gold] if isinstance(gold, str) else list(gold)
+    return any(bool(grader.math_equal(pred, g)) for g in golds)
 
 
-def as_problem(p: Any, i: int) -> tuple[str, str | None, dict]:
-    """(question, gold answer or None, record) from a dict or an object with `.question`."""
+def as_problem(p: Any, i: int) -> tuple[str, str | list[str] | None, dict]:
+    """(question, gold, record) from a dict or an object with `.question`.
+
+    gold is None (inference), a string, or a list of strings when the problem accepts
+    several answers (`answer` given as a list, or `alternatives` beside it, as
+    `rstar_jax.data.benchmarks.Problem` has for a few MATH records).
+    """
     if isinstance(p, Mapping):
         rec = dict(p)
     elif hasattr(p, "question"):
@@ -54,7 +60,12 @@ def as_problem(p: Any, i: int) -> tuple[str, str | None, dict]:
     if not isinstance(q, str):
         raise ValueError(f"problem {i}: 'question' must be a string, got {type(q).__name__}")
     gold = rec.get("answer")
-    return q, None if gold is None else str(gold), rec
+    alternatives = list(rec.get("alternatives") or ())
+    if gold is None:
+        return q, None, rec
+    golds = [str(g) for g in gold] if isinstance(gold, (list, tuple)) else [str(gold)]
+    golds += [str(a) for a in alternatives if str(a) not in golds]
+    return q, golds[0] if len(golds) == 1 else golds, rec
 
 
 def check_config(cfg: Any) -> None:
@@ -319,11 +330,11 @@ def _finished_trees(path: str, trees: Sequence[SearchTree]) -> dict[int, SearchT
                 break
             raise ValueError(f"{path}:{lineno}: not a tree dump line ({e}); fix or remove the "
                              "file, or pass resume=False") from e
-        found.setdefault((tree.question, tree.answer), []).append(tree)
+        found.setdefault((tree.question, json.dumps(tree.answer)), []).append(tree)
         keep = min(end, len(data))
     done = {}
     for i, t in enumerate(trees):
-        same = found.get((t.question, t.answer))
+        same = found.get((t.question, json.dumps(t.answer)))
         if same:
             done[i] = same.pop(0)
     return done
