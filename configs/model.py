@@ -1,6 +1,7 @@
 """Model presets: architecture fields of the Qwen2 decoders rStar-Math uses.
 
-`get_config(arg)` with arg in {tiny, qwen2.5-math-1.5b, qwen2.5-math-7b} returns an
+`get_config(arg)` with arg in {tiny, qwen2.5-math-1.5b, qwen2.5-math-7b}, or the path of a
+local Hugging Face checkpoint directory (whose config.json is then read), returns an
 ml_collections ConfigDict with the Hugging Face config.json field names accepted by
 `Qwen2Config.from_config_dict`. These presets give shapes for benchmarks and random-weight
 runs; real runs read config.json of the local checkpoint directory instead
@@ -9,14 +10,24 @@ runs; real runs read config.json of the local checkpoint directory instead
 
 from __future__ import annotations
 
+import json
+import os
+
 import ml_collections
+
+_ARCH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "rope_theta", "rms_norm_eps",
+                "tie_word_embeddings", "max_position_embeddings", "head_dim")
 
 PRESETS = ("tiny", "qwen2.5-math-1.5b", "qwen2.5-math-7b")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The preset named `arg` (default "tiny")."""
+    """The preset named `arg` (default "tiny"), or a checkpoint directory's config.json."""
     arg = arg or "tiny"
+    path = os.path.expanduser(arg)
+    if os.path.isdir(path):
+        return _from_checkpoint(path)
     if arg not in PRESETS:
         raise ValueError(f"configs/model.py: unknown model preset {arg!r}; choose one of {PRESETS}")
     c = ml_collections.ConfigDict()
@@ -56,4 +67,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.num_attention_heads = 28
         c.num_key_value_heads = 4
         c.tie_word_embeddings = False
+    return c
+
+
+def _from_checkpoint(path: str) -> ml_collections.ConfigDict:
+    """The architecture fields of `path`/config.json (the real numbers of a checkpoint)."""
+    from rstar_jax.models.config import Qwen2Config
+    cfg = Qwen2Config.from_pretrained(path)          # validates model_type and fields
+    with open(os.path.join(path, "config.json")) as f:
+        raw = json.load(f)
+    c = ml_collections.ConfigDict()
+    c.name = os.path.basename(os.path.normpath(path))
+    c.checkpoint = path
+    c.dtype = raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"
+    for k in _ARCH_FIELDS:
+        if k == "head_dim":
+            if cfg.head_dim_override:
+                c.head_dim = cfg.head_dim_override
+            continue
+        c[k] = getattr(cfg, k)
     return c

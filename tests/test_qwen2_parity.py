@@ -23,8 +23,10 @@ def test_fp32_logits_match_transformers(tmp_path, tie, shard_size):
     assert np.abs(ours - expected)[real].max() <= 1e-4
 
 
-def test_unpadded_logits_match_without_mask(tmp_path):
-    ref = make_hf_checkpoint(str(tmp_path), tie=False, seed=3)
+def test_unpadded_logits_match_without_mask_and_non_default_rope_theta(tmp_path):
+    # transformers 5 saves rope_theta under rope_parameters: a reader that misses it would
+    # silently use 10000 and fail here.
+    ref = make_hf_checkpoint(str(tmp_path), tie=False, seed=3, rope_theta=500.0)
     model = load_pretrained(tmp_path, dtype="float32")
     ids, _ = random_batch(2, 9, ref.config.vocab_size, seed=1)
     assert np.abs(np.asarray(model.logits(jnp.asarray(ids))) - torch_logits(ref, ids)).max() <= 1e-4

@@ -74,9 +74,13 @@ class Qwen2Config:
             raise ValueError(f"{source}: missing required field(s) {missing}")
         if d.get("hidden_act", "silu") != "silu":
             raise ValueError(f"{source}: hidden_act {d['hidden_act']!r} unsupported (need 'silu')")
-        rope_scaling = d.get("rope_scaling")
+        # transformers 4 writes rope_theta (and rope_scaling) at the top level; transformers 5
+        # writes them under rope_parameters.
+        rope = dict(d.get("rope_parameters") or {})
+        rope_scaling = d.get("rope_scaling") or rope
         if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type")) not in (None, "default"):
-            raise ValueError(f"{source}: rope_scaling {rope_scaling} unsupported")
+            raise ValueError(f"{source}: rope scaling {rope_scaling} unsupported (only default RoPE)")
+        rope_theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
         head_dim = d.get("head_dim")
         if head_dim is not None and head_dim == d["hidden_size"] // d["num_attention_heads"]:
             head_dim = None
@@ -87,7 +91,7 @@ class Qwen2Config:
             num_hidden_layers=int(d["num_hidden_layers"]),
             num_attention_heads=int(d["num_attention_heads"]),
             num_key_value_heads=int(d.get("num_key_value_heads") or d["num_attention_heads"]),
-            rope_theta=float(d.get("rope_theta", 10000.0)),
+            rope_theta=float(rope_theta),
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             max_position_embeddings=int(d.get("max_position_embeddings", 4096)),
@@ -134,6 +138,8 @@ class Qwen2Config:
             hidden_act="silu",
             torch_dtype=torch_dtype,
         )
+        if isinstance(d.get("rope_parameters"), dict):
+            d["rope_parameters"] = {**d["rope_parameters"], "rope_theta": self.rope_theta}
         if self.head_dim_override:
             d["head_dim"] = self.head_dim_override
         d.pop("dtype", None)
