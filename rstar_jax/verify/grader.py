@@ -15,21 +15,24 @@ Differences from the reference's `extract_math_answer` (rstar_reference.md §3.6
 
 Every call is bounded in time and never raises. math-verify's own time limits use
 SIGALRM, which only works in the main thread, while MCTS grades from worker threads; so
-math-verify runs with its limits off and one deadline per call is enforced here by a
-watchdog that raises an exception inside the calling thread (`_call_with_deadline`).
+math-verify runs with its limits off, and `math_equal` runs in a small pool of helper
+processes, one of which is killed and replaced when a call passes its deadline
+(`_deadline_pool.py` says why not a thread-level timeout). Answers that are the same
+string after canonicalisation are decided in-process without a round trip.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
+import importlib
 import logging
 import math
+import os
 import re
-import threading
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+from rstar_jax.verify import _deadline_pool
 from rstar_jax.verify import _grader_text as text
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -39,13 +42,6 @@ REL_TOL = 1e-4
 
 _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
-
-
-class _DeadlineExceeded(BaseException):
-    """Raised inside the grading thread at its deadline.
-
-    A BaseException so that sympy's many `except Exception:` clauses cannot swallow it.
-    """
 
 
 class _QuietMathVerifyTimeoutWarning(logging.Filter):
@@ -59,66 +55,26 @@ for _name in ("math_verify.parser", "math_verify.grader"):
     logging.getLogger(_name).addFilter(_QuietMathVerifyTimeoutWarning())
 
 
-def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None)
+_POOL = _deadline_pool.shared_pool(int(os.environ.get("RSTAR_GRADER_WORKERS", "2")),
+                                   warm_modules=(__name__,))
 
 
-def _call_with_deadline(fn: Callable[[], _T], timeout_s: float | None, default: _T) -> _T:
-    """`fn()`, or `default` if it raises or runs past `timeout_s` seconds (any thread).
+def _call_with_deadline(module: str, function: str, args: tuple, timeout_s: float | None,
+                        default: _T) -> _T:
+    """`module.function(*args)`, or `default` if it raises or runs past `timeout_s` seconds.
 
-    A watchdog thread raises `_DeadlineExceeded` in the calling thread at the deadline
-    (and again every 50 ms, in case a bare `except:` swallowed it). Python delivers it
-    between bytecodes, so pure-Python work (sympy) stops; a single long C call cannot be
-    interrupted, which math-verify avoids by not evaluating huge powers.
+    With a deadline the call runs in a helper process (killed at the deadline); without
+    one it runs here.
     """
     if timeout_s is None or timeout_s <= 0:
         try:
-            return fn()
+            return getattr(importlib.import_module(module), function)(*args)
         except Exception:
             return default
-    thread_id = threading.get_ident()
-    lock = threading.Lock()
-    stop = threading.Event()
-    done = [False]
-
-    def watchdog() -> None:
-        if stop.wait(timeout_s):
-            return
-        while True:
-            with lock:
-                if done[0]:
-                    return
-                _set_async_exc(thread_id, _DeadlineExceeded)
-            if stop.wait(0.05):
-                return
-
-    def finish() -> None:
-        # Loop because a pending exception may fire inside this very block; once `done`
-        # is set under the lock the watchdog injects nothing more, and we clear any
-        # exception it injected before that.
-        while True:
-            try:
-                with lock:
-                    done[0] = True
-                    _set_async_exc(thread_id, None)
-                stop.set()
-                return
-            except _DeadlineExceeded:
-                continue
-
-    threading.Thread(target=watchdog, name="grader-deadline", daemon=True).start()
-    try:
-        try:
-            return fn()
-        except Exception:
-            return default
-        finally:
-            finish()
-    except _DeadlineExceeded:
-        finish()
-        _log.debug("grading timed out after %.1f s", timeout_s)
-        return default
+    status, value = _POOL.call(module, function, args, timeout_s)
+    if status == "timeout":
+        _log.debug("grading %s timed out after %.1f s", function, timeout_s)
+    return value if status == "ok" else default
 
 
 # ---------------------------------------------------------------------------------------
@@ -153,7 +109,12 @@ def math_equal(pred: str, gold: str, *, timeout_s: float | None = DEFAULT_TIMEOU
     """
     if not isinstance(pred, str) or not isinstance(gold, str):
         return False
-    return _call_with_deadline(lambda: _math_equal(pred, gold), timeout_s, False)
+    try:
+        if text.canonical_string(pred) == text.canonical_string(gold) and pred.strip():
+            return True     # the common case needs no helper process
+    except Exception:
+        pass
+    return bool(_call_with_deadline(__name__, "_math_equal", (pred, gold), timeout_s, False))
 
 
 def math_equal_any(pred: str, golds: Iterable[str], *,
