@@ -7,26 +7,29 @@ thread (PyThreadState_SetAsyncExc) was tried first: it can land in whatever Pyth
 that thread runs next, including a JAX garbage-collection callback, which then fails.
 A helper process that is killed at the deadline can only ever cost its own result.
 
-Workers are started with the "spawn" method (forking a process that has initialised
-JAX or threads is unsafe), import their module once, and serve calls one at a time. A
-worker that misses a deadline is killed and replaced; the pool is thread-safe.
+Workers are fresh interpreters (`python -m rstar_jax.verify._deadline_pool`): forking a
+process that has initialised JAX or threads is unsafe, and multiprocessing's "spawn"
+re-runs the caller's `__main__` script in the child, which breaks plain scripts and
+notebooks that grade at top level. They import their module once and serve calls one at
+a time over two pipes. A worker that misses a deadline is killed and replaced; the pool
+is thread-safe.
 """
 
 from __future__ import annotations
 
 import atexit
 import importlib
-import multiprocessing as mp
 import os
 import queue
 import resource
+import subprocess
+import sys
 import threading
+from multiprocessing.connection import Connection
 from typing import Any
 
-_CTX = mp.get_context("spawn")
 
-
-def _serve(conn, memory_limit_bytes: int) -> None:
+def _serve(rx: Connection, tx: Connection, memory_limit_bytes: int) -> None:
     """Worker loop: receive (module, function, args), send ("ok", result) or ("error", text)."""
     if memory_limit_bytes > 0:
         try:
@@ -36,7 +39,7 @@ def _serve(conn, memory_limit_bytes: int) -> None:
     cache: dict[tuple[str, str], Any] = {}
     while True:
         try:
-            msg = conn.recv()
+            msg = rx.recv()
         except (EOFError, OSError):
             return
         module, name, args = msg
@@ -48,29 +51,41 @@ def _serve(conn, memory_limit_bytes: int) -> None:
         except BaseException as e:  # noqa: BLE001 - report anything, keep serving
             reply = ("error", f"{type(e).__name__}: {e}")
         try:
-            conn.send(reply)
+            tx.send(reply)
         except (BrokenPipeError, OSError):
             return
 
 
 class _Worker:
+    """One helper interpreter and the two pipe ends that talk to it."""
+
     def __init__(self, memory_limit_bytes: int, warm: tuple[str, ...]):
-        self.conn, child = _CTX.Pipe()
-        self.process = _CTX.Process(target=_serve, args=(child, memory_limit_bytes),
-                                    name="rstar-grader", daemon=True)
-        self.process.start()
-        child.close()
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        env = dict(os.environ)
+        # The caller's import path, so functions of its own modules can be named.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(to_child_r), str(from_child_w),
+             str(memory_limit_bytes)],
+            pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.tx = Connection(to_child_w, readable=False)
+        self.rx = Connection(from_child_r, writable=False)
         for module in warm:     # import before the first deadline starts counting
-            self.conn.send((module, "__name__", ()))
+            self.tx.send((module, "__name__", ()))
 
     def drain_warmup(self, count: int) -> None:
         for _ in range(count):
-            self.conn.recv()
+            self.rx.recv()
 
     def kill(self) -> None:
         self.process.kill()
-        self.process.join(timeout=5)
-        self.conn.close()
+        self.process.wait(timeout=5)
+        self.tx.close()
+        self.rx.close()
 
 
 class DeadlinePool:
@@ -109,9 +124,9 @@ class DeadlinePool:
         self._start()
         w = self._idle.get()
         try:
-            w.conn.send((module, function, args))
-            if w.conn.poll(timeout_s):
-                reply = w.conn.recv()
+            w.tx.send((module, function, args))
+            if w.rx.poll(timeout_s):
+                reply = w.rx.recv()
                 self._idle.put(w)
                 return reply
         except (EOFError, OSError, BrokenPipeError):
@@ -143,3 +158,8 @@ def shared_pool(num_workers: int, **kw) -> DeadlinePool:
     pool = DeadlinePool(num_workers, **kw)
     _POOLS.append(pool)
     return pool
+
+
+if __name__ == "__main__":
+    _rx_fd, _tx_fd, _memory = (int(a) for a in sys.argv[1:4])
+    _serve(Connection(_rx_fd, writable=False), Connection(_tx_fd, readable=False), _memory)
