@@ -87,8 +87,15 @@ def bench_hf(cfg, b, prompt_len, new_tokens, dtype_name, cache_impl):
     tdtype = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[dtype_name]
     hf_cfg = transformers.Qwen2Config(**cfg.to_hf_dict(dtype_name))
     torch.manual_seed(0)
-    with torch.device(device):
-        model = transformers.Qwen2ForCausalLM(hf_cfg).to(tdtype).eval()
+    # Build directly in the target dtype: an fp32 7B model (28 GB) beside our JAX arrays
+    # does not fit in one H100's memory.
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(tdtype)
+    try:
+        with torch.device(device):
+            model = transformers.Qwen2ForCausalLM(hf_cfg).eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
     ids = torch.randint(0, cfg.vocab_size, (b, prompt_len), device=device)
     kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
               pad_token_id=0, eos_token_id=None)
