@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/train_sft.py[:tiny]",
@@ -32,6 +32,9 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
 
 def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:
+        # orbax logs every checkpoint step at INFO; the progress bar and metrics say enough
+        logging.set_verbosity(logging.WARNING)
     from rstar_jax.models import load_pretrained, load_tokenizer
     from rstar_jax.train import train_sft
     from rstar_jax.train.data import read_jsonl
