@@ -1,1 +1,0 @@
-"""evolve package."""
