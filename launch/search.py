@@ -1,0 +1,117 @@
+"""Tree search over a benchmark with a local policy (and optional PPM) checkpoint.
+
+  python launch/search.py --policy <hf dir> --problems math500 --out trees.jsonl \
+      [--ppm <ppm dir>] [--mode mcts|beam|greedy] [--limit 100] \
+      [--search_config configs/search.py:round2] [--engine_config configs/engine.py]
+
+--problems: a shipped benchmark name (gsm8k, math500, ...) or a local .json/.jsonl file of
+{question, answer} records. Data generation (the round presets) backs up graded answers
+and needs gold answers; evaluation uses `--search_config configs/search.py:eval_mcts`
+(PPM-valued answers). MCTS trees are appended to --out as each problem finishes, and
+a rerun with the same --out resumes (finished problems are not searched again). Prints a
+JSON summary: problems, solve rate of the best answer when gold answers exist, tokens.
+Model code runs only in the sandboxed executor's worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SEARCH = config_flags.DEFINE_config_file(
+    "search_config", os.path.join(_ROOT, "configs/search.py"), "configs/search.py[:preset]")
+_ENGINE = config_flags.DEFINE_config_file(
+    "engine_config", os.path.join(_ROOT, "configs/engine.py"), "configs/engine.py[:preset]")
+_POLICY = flags.DEFINE_string("policy", None, "Hugging Face policy directory", required=True)
+_PPM = flags.DEFINE_string("ppm", None, "PPM directory (save_pretrained with a value head)")
+_PROBLEMS = flags.DEFINE_string("problems", None, "benchmark name or .json/.jsonl file",
+                                required=True)
+_LIMIT = flags.DEFINE_integer("limit", None, "only the first N problems")
+_OUT = flags.DEFINE_string("out", None, "trees JSONL (appended, resumable)", required=True)
+_MODE = flags.DEFINE_enum("mode", "mcts", ["mcts", "beam", "greedy"], "search algorithm")
+_WORKERS = flags.DEFINE_integer("executor_workers", max(1, (os.cpu_count() or 2) - 1),
+                                "sandboxed Python worker processes")
+_EXEC_TIMEOUT = flags.DEFINE_float("executor_timeout_s", 30.0,
+                                   "per-program limit (the reference's python tool: 30 s)")
+
+
+def build(policy_dir: str, ppm_dir: str | None, engine_cfg):
+    """(proposer, scorer or None, tokenizer) for a policy and optional PPM directory."""
+    from rstar_jax.engine import EngineProposer, EngineScorer, engine_from_config
+    from rstar_jax.models import (load_ppm, load_pretrained, load_tokenizer, mesh_from_config,
+                                  params_of, resize_embeddings)
+    mesh = mesh_from_config(engine_cfg.mesh)
+    tok = load_tokenizer(policy_dir)
+    policy = load_pretrained(policy_dir, dtype=engine_cfg.dtype)
+    if len(tok) > policy.cfg.vocab_size:
+        resize_embeddings(policy, tok)   # new tag rows start at the mean embedding
+    engine = engine_from_config(params_of(policy), policy.cfg, engine_cfg, tokenizer=tok,
+                                mesh=mesh)
+    proposer = EngineProposer(engine, tok, max_new_tokens=engine_cfg.max_new_tokens,
+                              top_p=engine_cfg.top_p, top_k=engine_cfg.top_k,
+                              seed=engine_cfg.seed)
+    scorer = None
+    if ppm_dir:
+        ppm = load_ppm(ppm_dir, dtype=engine_cfg.dtype)
+        scorer = EngineScorer(params_of(ppm), ppm.cfg, load_tokenizer(ppm_dir),
+                              batch_size=engine_cfg.score_batch,
+                              min_len=engine_cfg.score_min_len, max_len=engine_cfg.max_seq_len,
+                              mesh=mesh)
+    return proposer, scorer, tok
+
+
+def run(search_cfg, engine_cfg, *, policy: str, ppm: str | None, problems: str,
+        limit: int | None, out: str, mode: str, workers: int, exec_timeout_s: float,
+        progress: bool = True) -> dict:
+    """Search every problem and return the summary that the CLI prints."""
+    from rstar_jax.data.benchmarks import load_benchmark
+    from rstar_jax.search import answers, beam, mcts
+    from rstar_jax.verify.executor import PythonExecutor
+
+    probs = load_benchmark(problems, limit=limit)
+    if not probs:
+        raise ValueError(f"--problems {problems}: no problems to search")
+    proposer, scorer, _ = build(policy, ppm, engine_cfg)
+    t0 = time.perf_counter()
+    with PythonExecutor(workers, timeout_s=exec_timeout_s) as executor:
+        if mode == "mcts":
+            trees = mcts.search(probs, proposer, executor, search_cfg, scorer,
+                                output_path=out, progress=progress)
+        elif mode == "beam":
+            trees = beam.beam_search(probs, proposer, executor, search_cfg, scorer,
+                                     output_path=out)
+        else:
+            trees = mcts.greedy(probs, proposer, executor, search_cfg, output_path=out,
+                                progress=progress)
+    graded = [t for t in trees if t.answer is not None]
+    solved = sum(1 for t in graded
+                 if (best := answers.best_answer(t)) is not None
+                 and mcts.default_grade_fn(best[0], t.answer))
+    return {"problems": len(trees), "graded": len(graded),
+            "solve_rate": solved / len(graded) if graded else None,
+            "tokens_generated": proposer.tokens_generated,
+            "seconds": round(time.perf_counter() - t0, 2), "out": os.path.abspath(out),
+            "mode": mode, "ppm": bool(ppm)}
+
+
+def main(argv):
+    del argv
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    summary = run(_SEARCH.value, _ENGINE.value, policy=_POLICY.value, ppm=_PPM.value,
+                  problems=_PROBLEMS.value, limit=_LIMIT.value, out=_OUT.value,
+                  mode=_MODE.value, workers=_WORKERS.value,
+                  exec_timeout_s=_EXEC_TIMEOUT.value)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    app.run(main)
