@@ -4,14 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from rstar_jax.engine import GenerationEngine, Request
 from rstar_jax.engine.decode_attention import (decode_attention, decode_attention_pallas,
                                                decode_attention_xla, kernel_block_k, resolve_impl)
-from rstar_jax.models.config import Qwen2Config
-from rstar_jax.models.qwen2 import Qwen2ForCausalLM, params_of
 from rstar_jax.models.sharding import make_mesh
+from engine_fixtures import CFG, ENGINE, make_params, prompts
 
 GARBAGE = 1e4   # stale cache entries past valid_len: large, and must not matter
 
@@ -120,21 +118,11 @@ def test_pallas_lowers_to_triton_for_cuda(dtype, s, g, r, dh, t, block_k):
 
 # ---- the engine with the kernel: same greedy tokens as the XLA path --------------------
 
-CFG = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-ENGINE = dict(slots=8, max_len=128, capacity=16, steps_per_call=4, kv_bucket=32,
-              prefill_len_bucket=8, prefill_batch=4)
 
 
 @pytest.fixture(scope="module")
 def params():
-    p = params_of(Qwen2ForCausalLM(CFG, rngs=nnx.Rngs(0)))
-    return jax.tree.map(lambda x: x * 3 if x.ndim >= 2 else x, p)
-
-
-def prompts(seed, lengths, vocab=128):
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, vocab, size=n).tolist() for n in lengths]
+    return make_params()
 
 
 def tokens(results):

@@ -9,26 +9,15 @@ from flax import nnx
 from rstar_jax.engine import (EngineProposer, EngineScorer, GenerationEngine, Request,
                               stop_token_ids)
 from rstar_jax.engine.sampling import filter_logits
-from rstar_jax.models.config import Qwen2Config
 from rstar_jax.models.qwen2 import Qwen2ForCausalLM, Qwen2PPM, forward_logits, forward_scores, params_of
 from rstar_jax.models.sharding import make_mesh
 
-CFG = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-ENGINE = dict(slots=8, max_len=128, capacity=16, steps_per_call=4, kv_bucket=32,
-              prefill_len_bucket=8, prefill_batch=4)
+from engine_fixtures import CFG, ENGINE, make_params, prompts
 
 
 @pytest.fixture(scope="module")
 def params():
-    p = params_of(Qwen2ForCausalLM(CFG, rngs=nnx.Rngs(0)))
-    # larger weights than the 0.02 init: logits with clear argmax gaps, no near ties
-    return jax.tree.map(lambda x: x * 3 if x.ndim >= 2 else x, p)
-
-
-def prompts(seed, lengths, vocab=128):
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, vocab, size=n).tolist() for n in lengths]
+    return make_params()
 
 
 def argmax_continuation(params, cfg, prompt, n):

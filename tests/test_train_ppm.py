@@ -1,7 +1,5 @@
 """PPM training: the reference's pair weights and loss, and a tiny PPM that learns to rank."""
 
-import importlib.util
-import os
 
 import jax
 import jax.numpy as jnp
@@ -18,15 +16,8 @@ from rstar_jax.train import steps as S
 from rstar_jax.train import train_ppm
 from rstar_jax.train.ppm import ppm_task
 from rstar_jax.train.metrics import read_metrics
+from train_fixtures import load_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(name, variant="tiny"):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
 
 
 @pytest.fixture(scope="module")

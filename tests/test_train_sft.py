@@ -1,7 +1,5 @@
 """Policy SFT: loss masking and batching rules, and a tiny model that learns its traces."""
 
-import importlib.util
-import os
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +14,8 @@ from rstar_jax.search.step_format import build_prompt
 from rstar_jax.train import data as D
 from rstar_jax.train import train_sft
 from rstar_jax.train.metrics import read_metrics
+from train_fixtures import load_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TRACES = [
     ("What is 2 + 3?", "<code>\nx = 2 + 3\nprint(x)\n<end_of_code>\n<output>5<end_of_output>"
@@ -27,13 +25,6 @@ TRACES = [
     ("Solve 2x = 8.", "<code>\n# Step 1: divide\nprint(8 // 2)\n<end_of_code>\n"
      "<output>4<end_of_output>\n<answer>\\boxed{4}<end_of_answer>"),
 ]
-
-
-def load_config(name, variant="tiny"):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
 
 
 @pytest.fixture(scope="module")
