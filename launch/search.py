@@ -22,8 +22,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from rstar_jax.train.cli import quiet_logging  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SEARCH = config_flags.DEFINE_config_file(
@@ -104,8 +106,7 @@ def run(search_cfg, engine_cfg, *, policy: str, ppm: str | None, problems: str,
 
 def main(argv):
     del argv
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    quiet_logging()
     summary = run(_SEARCH.value, _ENGINE.value, policy=_POLICY.value, ppm=_PPM.value,
                   problems=_PROBLEMS.value, limit=_LIMIT.value, out=_OUT.value,
                   mode=_MODE.value, workers=_WORKERS.value,
