@@ -75,9 +75,16 @@ def bench_ours(params, cfg, b, prompt_len, new_tokens, args, dtype):
     seconds, out = run(1000)
     generated = sum(len(c.token_ids) for r in out for c in r)
     assert generated == b * new_tokens, (generated, b * new_tokens)
-    return dict(seconds=seconds, tok_per_s=generated / seconds,
-                decode_tok_per_s=generated / engine.stats["decode_seconds"],
-                decode_calls=engine.stats["decode_calls"])
+    rec = dict(seconds=seconds, tok_per_s=generated / seconds,
+               decode_tok_per_s=generated / engine.stats["decode_seconds"],
+               decode_calls=engine.stats["decode_calls"], decode_attention=engine.decode_attention)
+    if args.profile:                          # a third, traced run: the timed one stays clean
+        from launch.profile_summary import top_device_ops
+        log_dir = os.path.join(args.profile, f"b{b}")
+        with jax.profiler.trace(log_dir):
+            run(2000)
+        rec["profile"] = top_device_ops(log_dir, top=args.profile_top)
+    return rec
 
 
 def bench_hf(cfg, b, prompt_len, new_tokens, dtype_name, cache_impl):
@@ -141,21 +148,29 @@ def main(argv=None):
     ap.add_argument("--kv-bucket", type=int, default=512)
     ap.add_argument("--prefill-len-bucket", type=int, default=256)
     ap.add_argument("--prefill-batch", type=int, default=64)
-    ap.add_argument("--decode-attention", default="xla", choices=("xla", "pallas", "auto"),
-                    help="decode attention: xla (kv buckets) or the ragged in-place Pallas kernel")
-    ap.add_argument("--decode-block-k", type=int, default=64,
+    ap.add_argument("--decode-attention", default="auto", choices=("xla", "pallas", "auto"),
+                    help="decode attention: xla (kv buckets), the fused in-place Pallas kernel, "
+                         "or auto (pallas on GPU)")
+    ap.add_argument("--decode-block-k", type=int, default=32,
                     help="key block of the Pallas kernel (a power of two dividing the cache length)")
     ap.add_argument("--bandwidth", type=float, default=3.35e12,
                     help="HBM bytes/s for the roofline (H100 SXM 3.35e12, H200 4.8e12)")
+    ap.add_argument("--profile", default="",
+                    help="trace one more run into this dir and add its top kernels to the JSON")
+    ap.add_argument("--profile-top", type=int, default=25)
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--hf-caches", default="static,dynamic")
     args = ap.parse_args(argv)
 
     cfg = Qwen2Config.from_config_dict(model_presets.get_config(args.preset))
     dtype = resolve_dtype(args.dtype)
+    batch_sizes = [int(x) for x in args.batch_sizes.split(",") if x]
+    # The HF baselines run first, before JAX touches the accelerator: JAX's allocator keeps
+    # the memory it has used, and a 7B model plus its cache beside ours does not fit one H100.
+    hf = {b: hf_baselines(cfg, b, args) for b in batch_sizes} if not args.skip_hf else {}
     params = random_params(cfg, dtype)
     wbytes = param_bytes(params)
-    for b in [int(x) for x in args.batch_sizes.split(",") if x]:
+    for b in batch_sizes:
         rec = dict(preset=args.preset, batch=b, prompt_len=args.prompt_len,
                    new_tokens=args.new_tokens, dtype=args.dtype, backend=jax.default_backend(),
                    decode_attention=args.decode_attention, kv_bucket=args.kv_bucket,
@@ -166,23 +181,27 @@ def main(argv=None):
                                    dtype.itemsize, args.bandwidth)
         rec["ours"]["decode_fraction_of_roofline"] = (
             rec["ours"]["decode_tok_per_s"] / rec["roofline"]["tok_per_s"])
-        if not args.skip_hf:
-            try:
-                import torch  # noqa: F401
-                import transformers  # noqa: F401
-            except ImportError:
-                rec["hf"] = "skipped: torch/transformers not installed"
-            else:
-                for impl in args.hf_caches.split(","):
-                    try:
-                        rec[f"hf_{impl}"] = bench_hf(cfg, b, args.prompt_len, args.new_tokens,
-                                                     args.dtype, impl)
-                    except Exception as e:   # a baseline failure must not lose our numbers
-                        rec[f"hf_{impl}"] = f"failed: {type(e).__name__}: {e}"[:300]
-                    key = f"hf_{impl}"
-                    if isinstance(rec[key], dict):
-                        rec[f"speedup_vs_{key}"] = rec["ours"]["tok_per_s"] / rec[key]["tok_per_s"]
+        for key, value in hf.get(b, {}).items():
+            rec[key] = value
+            if isinstance(value, dict):
+                rec[f"speedup_vs_{key}"] = rec["ours"]["tok_per_s"] / value["tok_per_s"]
         print(json.dumps(rec), flush=True)
+
+
+def hf_baselines(cfg, b, args) -> dict:
+    """{'hf_static': {...} or an error string, 'hf_dynamic': ...} for batch size b."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        return {"hf": "skipped: torch/transformers not installed"}
+    out = {}
+    for impl in args.hf_caches.split(","):
+        try:
+            out[f"hf_{impl}"] = bench_hf(cfg, b, args.prompt_len, args.new_tokens, args.dtype, impl)
+        except Exception as e:   # a baseline failure must not lose our numbers
+            out[f"hf_{impl}"] = f"failed: {type(e).__name__}: {e}"[:300]
+    return out
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ ENGINE = dict(slots=8, max_len=128, capacity=16, steps_per_call=4, kv_bucket=32,
               prefill_len_bucket=8, prefill_batch=4)
 
 
-def make_params():
-    p = params_of(Qwen2ForCausalLM(CFG, rngs=nnx.Rngs(0)))
+def make_params(cfg=CFG):
+    p = params_of(Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(0)))
     # larger weights than the 0.02 init: logits with clear argmax gaps, no near ties
     return jax.tree.map(lambda x: x * 3 if x.ndim >= 2 else x, p)
 

@@ -1,7 +1,7 @@
 """KV-cache generation for the policy and batched PPM scoring.
 
 decode.py     device functions: cached prefill, multi-token decode loop, slot start-up
-decode_attention.py  decode attention: the XLA reference and a ragged in-place Pallas kernel
+decode_attention.py  decode attention: the XLA reference and a fused RoPE + cache-write + ragged-attention Pallas kernel
 kv_cache.py   the slot cache (L buffers of [S, G, T, Dh]) and row copies (prefix forks)
 sampling.py   greedy / temperature / top-k / top-p with per-request PRNG streams
 scheduler.py  GenerationEngine: slots, prefix reuse, continuous batching, mesh sharding
@@ -32,4 +32,4 @@ def engine_from_config(params, cfg, c, *, tokenizer=None, mesh=None, rules=None)
         stop_token_ids=stops, eos_token_id=eos, steps_per_call=c.steps_per_call,
         kv_bucket=c.kv_bucket, prefill_len_bucket=c.prefill_len_bucket,
         prefill_batch=c.prefill_batch, mesh=mesh, rules=rules, dtype=c.dtype,
-        decode_attention=c.get("decode_attention", "xla"))
+        decode_attention=c.get("decode_attention", "auto"))

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rstar_jax.engine.decode_attention import decode_attention
+from rstar_jax.engine.decode_attention import write_and_attend
 from rstar_jax.engine.kv_cache import KVCache
 from rstar_jax.engine.sampling import request_keys, sample_tokens, sample_tokens_static
 from rstar_jax.models import layers as Lyr
@@ -149,33 +149,30 @@ def _layer_mlp(p: dict, x: jax.Array) -> jax.Array:
 
 def decode_forward(params: dict, cfg: Qwen2Config, cache: KVCache, tokens: jax.Array,
                    active: jax.Array, kv_len: int, attention: str = "xla",
-                   attn_block_k: int = 64, attn_shard: tuple | None = None):
+                   attn_block_k: int = 32, attn_shard: tuple | None = None):
     """One token per slot: tokens [S] at positions cache.lengths, for `split_layers` params.
 
     Each layer writes its new key/value into its own cache buffer in place (inactive
-    slots write nothing), then attends over its valid keys: attention="xla" reads
-    positions [0, kv_len) of every row, "pallas" (decode_attention.py) reads each row in
-    place up to its own length (kv_len unused), "auto" is pallas on GPU. attn_block_k,
-    attn_shard: the kernel's key block and (mesh, cache PartitionSpec) when sharded.
-    Returns logits [S, V] float32 and the cache with the new entries (lengths unchanged).
+    slots write nothing) and attends over its valid keys (decode_attention.py):
+    attention="xla" reads positions [0, kv_len) of every row, "pallas" is one fused kernel
+    that reads each row in place up to its own length (kv_len unused).
+    attn_block_k, attn_shard: the kernel's key block and (mesh, cache PartitionSpec) when
+    sharded. Returns logits [S, V] float32 and the cache with the new entries (lengths
+    unchanged).
     """
     eps = cfg.rms_norm_eps
-    s, t = cache.num_slots, cache.max_len
-    positions = cache.lengths[:, None]
-    cos, sin = Lyr.rope_tables(positions, cfg.head_dim, cfg.rope_theta)
-    write = jnp.where(active, cache.lengths, t)[:, None]            # [S, 1]; t is dropped
-    rows = jnp.arange(s)[:, None]
-    heads = jnp.arange(cfg.num_key_value_heads)[None, :]
+    cos, sin = Lyr.rope_tables(cache.lengths[:, None], cfg.head_dim, cfg.rope_theta)
+    cos, sin = cos[:, 0], sin[:, 0]                                   # [S, Dh]
     h = jnp.take(params["embed"], tokens, axis=0)[:, None, :]       # [S, 1, D]
     ks, vs = [], []
     # A Python loop over separate layer buffers (not a scan over stacked ones): see
     # split_layers for why.
     for p, k_cache, v_cache in zip(params["layers"], cache.k, cache.v):
-        q, k, v = _layer_qkv(p, Lyr.rms_norm(h, p["attn_norm"], eps), cos, sin)
-        k_cache = k_cache.at[rows, heads, write].set(k[:, 0], mode="drop")
-        v_cache = v_cache.at[rows, heads, write].set(v[:, 0], mode="drop")
-        attn = decode_attention(q[:, 0], k_cache, v_cache, cache.lengths + 1, kv_len,
-                                attention, block_k=attn_block_k, shard=attn_shard)
+        x = Lyr.rms_norm(h[:, 0], p["attn_norm"], eps)
+        qkv = jnp.einsum("sd,dgjk->sgjk", x, p["qkv_kernel"]) + p["qkv_bias"]   # [S, G, R+2, Dh]
+        attn, k_cache, v_cache = write_and_attend(
+            qkv, cos, sin, k_cache, v_cache, cache.lengths, active, kv_len, attention,
+            block_k=attn_block_k, shard=attn_shard)
         h = h + Lyr.attention_output(p, attn[:, None])
         h = h + _layer_mlp(p, Lyr.rms_norm(h, p["mlp_norm"], eps))
         ks.append(k_cache)
@@ -188,7 +185,7 @@ def decode_forward(params: dict, cfg: Qwen2Config, cache: KVCache, tokens: jax.A
 def decode_steps(params: dict, cache: KVCache, state: SlotState, stop_ids: jax.Array,
                  eos_id: jax.Array, *, cfg: Qwen2Config, num_steps: int, kv_len: int,
                  sampling: str = "sample", block: int = 8, attention: str = "xla",
-                 attn_block_k: int = 64, attn_shard: tuple | None = None):
+                 attn_block_k: int = 32, attn_shard: tuple | None = None):
     """Up to num_steps tokens for every unfinished slot, without leaving the device.
 
     stop_ids [n] int32 (pad with -1), eos_id scalar int32 (-1 = none); sampling is the

@@ -1,21 +1,28 @@
-"""Decode attention: one query token per slot against that slot's KV-cache row.
+"""Decode attention for one layer: rotate the new token's q/k, write k/v into the cache,
+attend over the slot's cached keys plus the new one.
 
-q [S, H, Dh]; k_cache, v_cache [S, G, T, Dh] (one layer's cache buffer, kv_cache.py);
-valid_len [S] keys to attend to per slot (the new key already written in). Query heads
-are grouped under their key/value head: head h reads kv head h // R, R = H // G.
+Shapes: S slots, G kv heads, R = H // G query heads per kv head, Dh head dim, T cache
+length. qkv [S, G, R + 2, Dh] is the fused projection (bias added, not yet rotated): rows
+0..R-1 are the group's query heads, row R the key, row R + 1 the value. cos, sin [S, Dh]
+are the RoPE tables at each slot's position, which is `lengths` [S] (keys already cached).
+k_cache, v_cache [S, G, T, Dh] are one layer's buffers (kv_cache.py). Slots where
+`active` [S] is False write nothing (their output is unused).
 
-Two implementations of the same function:
+Two implementations of the same function (`write_and_attend(..., impl)` picks one):
 
-  decode_attention_xla     plain XLA over the static bucket [0, kv_len). Slicing a bucket
-                           shorter than T out of the buffer makes XLA copy it every step
-                           for every layer; reading the whole buffer wastes the tail.
-  decode_attention_pallas  a ragged Pallas (Triton) kernel: one program per (slot, kv
-                           head) reads that slot's row in place, block by block, only up
-                           to its own valid_len (a trip count read at run time), with an
-                           online softmax in float32. No copy, no wasted tail, no bucket.
+  write_and_attend_xla     the reference: RoPE, a scatter into each cache, then attention
+                           over the static bucket [0, kv_len). Slicing a bucket shorter
+                           than T copies it every step; reading all of T wastes the tail.
+  write_and_attend_pallas  one Pallas (Triton) kernel per layer: a program per (slot, kv
+                           head) rotates its queries and key, reads the slot's cached row in
+                           place only up to its own length (a trip count read at run time),
+                           folds in the new key from registers, and stores the new k/v in
+                           place (the caches are aliased to the outputs). No bucket, no
+                           wasted tail, and RoPE, the cache scatter and query padding stop
+                           being separate kernels (on an H100 at 1.5B shapes those small
+                           kernels cost about as much as the attention itself).
 
-`decode_attention(..., impl)` picks one: "xla", "pallas" or "auto" (pallas on GPU).
-On CPU the Pallas kernel runs in interpret mode (tests).
+"auto" is pallas on GPU and xla elsewhere; on CPU the kernel runs in interpret mode (tests).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from jax.sharding import PartitionSpec as P
 from rstar_jax.models import layers as Lyr
 
 IMPLS = ("xla", "pallas", "auto")
-# Triton's dot needs at least 16 rows: the R query heads of a group are padded up to this.
+# Triton's dot needs at least 16 rows: the R query heads are gathered into this many rows.
 MIN_ROWS = 16
 MIN_BLOCK_K = 16
 # Masked scores and the running max's start value: finite so that exp(mask - m) is 0
@@ -41,7 +48,7 @@ _MASK = -1e30
 
 def decode_attention_xla(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
                          valid_len: jax.Array, kv_len: int | None = None) -> jax.Array:
-    """The reference: attention over positions [0, kv_len) of the cache, masked to valid_len.
+    """Attention of q [S, H, Dh] over positions [0, kv_len) of the cache, masked to valid_len [S].
 
     kv_len (static, <= T; None = T) bounds the keys read. Softmax in float32, normalised
     before the cast to the value dtype as HF does. Returns [S, H, Dh] in q's dtype.
@@ -58,39 +65,115 @@ def decode_attention_xla(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
     return jnp.einsum("sgrt,sgtk->sgrk", probs, v_cache).reshape(s, h, dh).astype(q.dtype)
 
 
-def _kernel(len_ref, q_ref, k_ref, v_ref, o_ref, *, block_k: int, max_len: int,
-            scale: float, exact: bool):
-    """One (slot, kv head): q_ref [Rp, Dh], k_ref/v_ref [T, Dh] (the row, in place), o_ref [Rp, Dh]."""
-    rows, dh = q_ref.shape
-    n = jnp.minimum(len_ref[...], max_len)           # this slot's valid keys
-    q = q_ref[...]
+def write_and_attend_xla(qkv: jax.Array, cos: jax.Array, sin: jax.Array, k_cache: jax.Array,
+                         v_cache: jax.Array, lengths: jax.Array, active: jax.Array,
+                         kv_len: int | None = None):
+    """The reference. Returns (attn [S, H, Dh] in qkv's dtype, k_cache, v_cache)."""
+    s, g, j, dh = qkv.shape
+    q = qkv[:, :, : j - 2].reshape(s, 1, g * (j - 2), dh)
+    q = Lyr.apply_rope(q, cos[:, None], sin[:, None])[:, 0]
+    k = Lyr.apply_rope(qkv[:, None, :, j - 2], cos[:, None], sin[:, None])[:, 0]   # [S, G, Dh]
+    write = jnp.where(active, lengths, k_cache.shape[2])[:, None]                  # T: dropped
+    rows, heads = jnp.arange(s)[:, None], jnp.arange(g)[None, :]
+    k_cache = k_cache.at[rows, heads, write].set(k.astype(k_cache.dtype), mode="drop")
+    v_cache = v_cache.at[rows, heads, write].set(qkv[:, :, j - 1].astype(v_cache.dtype),
+                                                 mode="drop")
+    attn = decode_attention_xla(q, k_cache, v_cache, lengths + 1, kv_len)
+    return attn, k_cache, v_cache
+
+
+def _kernel(len_ref, active_ref, qkv_ref, cos_ref, sin_ref, k_ref, v_ref,
+            o_ref, k_out, v_out, *, r: int, block_k: int, max_len: int, scale: float,
+            exact: bool):
+    """One (slot, kv head).
+
+    qkv_ref [R + 2, Dh]; cos_ref, sin_ref [Dh]; k_ref, v_ref [T, Dh] (the cached row, read
+    in place); o_ref [R, Dh]; k_out, v_out [T, Dh] alias k_ref, v_ref (only the new
+    position is stored).
+    """
+    dh = cos_ref.shape[0]
+    half = dh // 2
+    lo, hi = pl.ds(0, half), pl.ds(half, half)
+    cdt = k_ref.dtype
+    f32 = jnp.float32
+    pos = len_ref[...]                                # the new token's position
+    n = jnp.minimum(pos, max_len)                     # cached keys before it
     # float32 caches: exact (IEEE) dots, not TF32; others: the dtype's default MMA.
     precision = jax.lax.Precision.HIGHEST if exact else None
+
+    # RoPE (rotate-half): the two halves of a head rotate as a pair. The tables' halves
+    # are equal, so the first half of cos/sin serves both. Rounded to the cache dtype as
+    # the reference rounds its rotated q and k.
+    c = cos_ref[lo].astype(cdt).astype(f32)
+    s_ = sin_ref[lo].astype(cdt).astype(f32)
+
+    def rotate(x1, x2):
+        return (x1 * c - x2 * s_).astype(cdt), (x2 * c + x1 * s_).astype(cdt)
+
+    # The R query rows padded to MIN_ROWS for Triton's dot: a clamped gather keeps every
+    # address inside the block, the padding rows are zeroed and never stored.
+    # (Both indexers are arrays: interpret mode cannot mix an array with a slice.)
+    row = jnp.arange(MIN_ROWS)
+    is_query = row < r
+    src = jnp.broadcast_to(jnp.minimum(row, r - 1)[:, None], (MIN_ROWS, half))
+    col = jnp.broadcast_to(jnp.arange(half)[None, :], (MIN_ROWS, half))
+    q1 = jnp.where(is_query[:, None], plgpu.load(qkv_ref.at[src, col]).astype(f32), 0.0)
+    q2 = jnp.where(is_query[:, None], plgpu.load(qkv_ref.at[src, col + half]).astype(f32), 0.0)
+    q1, q2 = rotate(q1, q2)                                                # [16, Dh/2]
+    k1, k2 = rotate(qkv_ref[r, lo].astype(f32), qkv_ref[r, hi].astype(f32))   # [Dh/2]
+    v_new = qkv_ref[r + 1, :].astype(cdt)                                  # [Dh]
+
     offsets = jnp.arange(block_k)
 
     def body(i, carry):
         acc, m_prev, l_prev = carry
         start = pl.multiple_of(i * block_k, block_k)
         valid = start + offsets < n                                          # [block_k]
-        # Masked loads skip the tail past valid_len (its lanes are undefined): scores there
-        # are replaced by _MASK and values by 0, so stale or non-finite entries never count.
-        k = plgpu.load(k_ref.at[pl.ds(start, block_k), :], mask=valid[:, None])
-        v = plgpu.load(v_ref.at[pl.ds(start, block_k), :], mask=valid[:, None])
+        # Masked loads skip the tail past n (its lanes are undefined): scores there are
+        # replaced by _MASK and values by 0, so stale or non-finite entries never count.
+        rows = pl.ds(start, block_k)
+        kb1 = plgpu.load(k_ref.at[rows, lo], mask=valid[:, None])
+        kb2 = plgpu.load(k_ref.at[rows, hi], mask=valid[:, None])
+        v = plgpu.load(v_ref.at[rows, :], mask=valid[:, None])
         v = jnp.where(valid[:, None], v, jnp.zeros((), v.dtype))
-        s = plgpu.dot(q, k, trans_b=True, precision=precision) * scale      # [Rp, block_k] f32
-        s = jnp.where(valid[None, :], s, _MASK)
-        m_next = jnp.maximum(m_prev, s.max(axis=-1))
+        sc = (plgpu.dot(q1, kb1, trans_b=True, precision=precision)
+              + plgpu.dot(q2, kb2, trans_b=True, precision=precision)) * scale   # [16, bk]
+        sc = jnp.where(valid[None, :], sc, _MASK)
+        m_next = jnp.maximum(m_prev, sc.max(axis=-1))
         correction = jnp.exp(m_prev - m_next)
-        p = jnp.exp(s - m_next[:, None])
+        p = jnp.exp(sc - m_next[:, None])
         l_next = correction * l_prev + p.sum(axis=-1)
-        acc = correction[:, None] * acc + plgpu.dot(p.astype(v.dtype), v, precision=precision)
+        acc = correction[:, None] * acc + plgpu.dot(p.astype(cdt), v, precision=precision)
         return acc, m_next, l_next
 
-    init = (jnp.zeros((rows, dh), jnp.float32), jnp.full((rows,), _MASK, jnp.float32),
-            jnp.zeros((rows,), jnp.float32))
-    acc, _, l = jax.lax.fori_loop(0, pl.cdiv(n, block_k), body, init)
-    # valid_len 0 attends to nothing: zeros, not 0/0.
-    o_ref[...] = (acc / jnp.where(l > 0, l, 1.0)[:, None]).astype(o_ref.dtype)
+    init = (jnp.zeros((MIN_ROWS, dh), f32), jnp.full((MIN_ROWS,), _MASK, f32),
+            jnp.zeros((MIN_ROWS,), f32))
+    acc, m, l = jax.lax.fori_loop(0, pl.cdiv(n, block_k), body, init)
+
+    # The new key, from registers: one more column of the online softmax.
+    s_new = ((q1.astype(f32) * k1.astype(f32)[None, :]).sum(axis=-1)
+             + (q2.astype(f32) * k2.astype(f32)[None, :]).sum(axis=-1)) * scale     # [16]
+    m_fin = jnp.maximum(m, s_new)
+    correction = jnp.exp(m - m_fin)
+    p_new = jnp.exp(s_new - m_fin)
+    l = correction * l + p_new
+    acc = (correction[:, None] * acc
+           + p_new.astype(cdt).astype(f32)[:, None] * v_new.astype(f32)[None, :])
+    out = (acc / l[:, None]).astype(o_ref.dtype)                          # [16, Dh]
+    # Padding rows index past the block's R rows and are masked off (interpret mode drops
+    # such a scatter; clamped duplicates would race with the real rows there).
+    out_row = jnp.broadcast_to(row[:, None], (MIN_ROWS, dh))
+    out_col = jnp.broadcast_to(jnp.arange(dh)[None, :], (MIN_ROWS, dh))
+    plgpu.store(o_ref.at[out_row, out_col], out,
+                mask=jnp.broadcast_to(is_query[:, None], (MIN_ROWS, dh)))
+
+    # The new key/value go to position pos of the row, for active slots with room.
+    write = (active_ref[...] != 0) & (pos < max_len)
+    at = jnp.minimum(pos, max_len - 1)
+    keep = jnp.full((half,), write)
+    plgpu.store(k_out.at[at, lo], k1, mask=keep)
+    plgpu.store(k_out.at[at, hi], k2, mask=keep)
+    plgpu.store(v_out.at[at, :], v_new, mask=jnp.full((dh,), write))
 
 
 def kernel_block_k(max_len: int, block_k: int) -> int:
@@ -100,57 +183,68 @@ def kernel_block_k(max_len: int, block_k: int) -> int:
     while b > MIN_BLOCK_K and max_len % b:
         b //= 2
     if b < MIN_BLOCK_K or max_len % b:
-        raise ValueError(f"decode_attention_pallas needs the cache length T ({max_len}) to be a "
-                         f"multiple of {MIN_BLOCK_K}; use decode_attention='xla' for this max_len")
+        raise ValueError(f"decode_attention='pallas' needs the cache length T ({max_len}) to be "
+                         f"a multiple of {MIN_BLOCK_K}; use decode_attention='xla' for this max_len")
     return b
 
 
-def check_pallas_shapes(head_dim: int, max_len: int, block_k: int) -> int:
-    """Raise ValueError unless the kernel supports these shapes; returns its key block."""
-    if head_dim < 16 or head_dim & (head_dim - 1):
-        raise ValueError(f"decode_attention_pallas needs a power-of-two head dim >= 16, got "
+def check_pallas_shapes(head_dim: int, max_len: int, block_k: int,
+                        group: int | None = None) -> int:
+    """Raise ValueError unless the kernel supports these shapes; returns its key block.
+
+    head_dim: a power of two >= 32 (each rotated half must feed Triton's dot); group: R,
+    the query heads per kv head, at most MIN_ROWS.
+    """
+    if head_dim < 32 or head_dim & (head_dim - 1):
+        raise ValueError(f"decode_attention='pallas' needs a power-of-two head dim >= 32, got "
                          f"{head_dim}; use decode_attention='xla' for this model")
+    if group is not None and not 1 <= group <= MIN_ROWS:
+        raise ValueError(f"decode_attention='pallas' supports 1..{MIN_ROWS} query heads per kv "
+                         f"head, got {group}; use decode_attention='xla' for this model")
     return kernel_block_k(max_len, block_k)
 
 
 @functools.partial(jax.jit, static_argnames=("block_k", "interpret", "num_warps", "num_stages"))
-def decode_attention_pallas(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
-                            valid_len: jax.Array, *, block_k: int = 64, interpret: bool = False,
-                            num_warps: int = 4, num_stages: int = 2) -> jax.Array:
-    """Ragged decode attention reading each slot's full-length cache row in place.
+def write_and_attend_pallas(qkv: jax.Array, cos: jax.Array, sin: jax.Array, k_cache: jax.Array,
+                            v_cache: jax.Array, lengths: jax.Array, active: jax.Array, *,
+                            block_k: int = 32, interpret: bool = False, num_warps: int = 2,
+                            num_stages: int = 3):
+    """The fused kernel; same contract as write_and_attend_xla (which reads all of T).
 
-    Grid (S, G): the program of (slot s, kv head g) loads the R query heads of group g
-    (padded to 16 rows), then loops over key blocks of `block_k` (a power of two dividing
-    T, see kernel_block_k) up to ceil(valid_len[s] / block_k) only. Dh must be a power of
-    two >= 16 (Triton). interpret=True runs the kernel on CPU. Returns [S, H, Dh] in q's dtype.
+    Grid (S, G). block_k: the key block (a power of two dividing T, see kernel_block_k).
+    The defaults (32 keys, 2 warps, 3 stages) were the fastest of a 3x3x3 sweep on an
+    H100 at 1.5B shapes (launch/bench_decode_attention.py, benchmarks/RESULTS.md).
+    interpret=True runs on CPU. The caches are updated in place when their buffers are
+    donated (the engine's decode loop carries them), otherwise XLA copies them first.
     """
-    s, h, dh = q.shape
-    _, g, t, dh_k = k_cache.shape
-    if k_cache.shape != v_cache.shape or dh_k != dh or h % g or k_cache.shape[0] != s:
-        raise ValueError(f"decode_attention_pallas: q {q.shape} does not match the caches "
+    s, g, j, dh = qkv.shape
+    _, g_k, t, dh_k = k_cache.shape
+    r = j - 2
+    if k_cache.shape != v_cache.shape or (g_k, dh_k) != (g, dh) or k_cache.shape[0] != s:
+        raise ValueError(f"write_and_attend_pallas: qkv {qkv.shape} does not match the caches "
                          f"k {k_cache.shape}, v {v_cache.shape}")
-    bk = check_pallas_shapes(dh, t, block_k)
-    r = h // g
-    rows = max(MIN_ROWS, 1 << (r - 1).bit_length())
-    qg = q.reshape(s, g, r, dh)
-    if rows > r:
-        qg = jnp.pad(qg, ((0, 0), (0, 0), (0, rows - r), (0, 0)))
+    bk = check_pallas_shapes(dh, t, block_k, r)
     exact = bool(jnp.dtype(k_cache.dtype) == jnp.float32)
-    kernel = functools.partial(_kernel, block_k=bk, max_len=t, scale=dh ** -0.5, exact=exact)
-    row = pl.BlockSpec((None, None, t, dh), lambda i, j: (i, j, 0, 0))
-    out = pl.pallas_call(
+    kernel = functools.partial(_kernel, r=r, block_k=bk, max_len=t, scale=dh ** -0.5, exact=exact)
+    slot = pl.BlockSpec((None,), lambda i, h: (i,))
+    table = pl.BlockSpec((None, dh), lambda i, h: (i, 0))
+    row = pl.BlockSpec((None, None, t, dh), lambda i, h: (i, h, 0, 0))
+    attn, k_cache, v_cache = pl.pallas_call(
         kernel,
         grid=(s, g),
-        in_specs=[pl.BlockSpec((None,), lambda i, j: (i,)),
-                  pl.BlockSpec((None, None, rows, dh), lambda i, j: (i, j, 0, 0)),
-                  row, row],
-        out_specs=pl.BlockSpec((None, None, rows, dh), lambda i, j: (i, j, 0, 0)),
-        out_shape=jax.ShapeDtypeStruct((s, g, rows, dh), q.dtype),
+        in_specs=[slot, slot, pl.BlockSpec((None, None, j, dh), lambda i, h: (i, h, 0, 0)),
+                  table, table, row, row],
+        out_specs=[pl.BlockSpec((None, None, r, dh), lambda i, h: (i, h, 0, 0)), row, row],
+        out_shape=[jax.ShapeDtypeStruct((s, g, r, dh), qkv.dtype),
+                   jax.ShapeDtypeStruct(k_cache.shape, k_cache.dtype),
+                   jax.ShapeDtypeStruct(v_cache.shape, v_cache.dtype)],
+        input_output_aliases={5: 1, 6: 2},
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         interpret=interpret,
-        name="ragged_decode_attention",
-    )(valid_len.astype(jnp.int32), qg, k_cache, v_cache)
-    return out[:, :, :r].reshape(s, h, dh)
+        name="decode_write_and_attend",
+    )(lengths.astype(jnp.int32), active.astype(jnp.int32), qkv, cos.astype(jnp.float32),
+      sin.astype(jnp.float32), k_cache, v_cache)
+    return attn.reshape(s, g * r, dh), k_cache, v_cache
 
 
 def resolve_impl(impl: str) -> str:
@@ -162,31 +256,35 @@ def resolve_impl(impl: str) -> str:
     return impl
 
 
-def decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
-                     valid_len: jax.Array, kv_len: int | None = None, impl: str = "xla", *,
-                     block_k: int = 64, interpret: bool | None = None,
-                     shard: tuple | None = None) -> jax.Array:
+def write_and_attend(qkv: jax.Array, cos: jax.Array, sin: jax.Array, k_cache: jax.Array,
+                     v_cache: jax.Array, lengths: jax.Array, active: jax.Array,
+                     kv_len: int | None = None, impl: str = "xla", *, block_k: int = 32,
+                     interpret: bool | None = None, shard: tuple | None = None):
     """Dispatch: "xla" reads the bucket [0, kv_len); "pallas" ignores kv_len and reads each
-    row up to its valid_len in place (interpret=None: interpret unless on GPU).
+    row up to its own length in place (interpret=None: interpret unless on GPU).
 
     shard: (mesh, PartitionSpec of the cache buffers) when the caches are sharded. XLA
     cannot partition a Pallas call (it would gather the whole cache onto every device), so
     the kernel then runs per shard under shard_map: slots and kv heads split as the cache
-    is, q's heads with their kv heads (they are grouped contiguously).
+    is, and qkv with them.
+    Returns (attn [S, H, Dh], k_cache, v_cache).
     """
     if resolve_impl(impl) == "xla":
-        return decode_attention_xla(q, k_cache, v_cache, valid_len, kv_len)
+        return write_and_attend_xla(qkv, cos, sin, k_cache, v_cache, lengths, active, kv_len)
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
-    f = functools.partial(decode_attention_pallas, block_k=block_k, interpret=interpret)
+    f = functools.partial(write_and_attend_pallas, block_k=block_k, interpret=interpret)
     if shard is None:
-        return f(q, k_cache, v_cache, valid_len)
+        return f(qkv, cos, sin, k_cache, v_cache, lengths, active)
     mesh, spec = shard
     spec = tuple(spec) + (None,) * (4 - len(spec))
     if spec[2] is not None or spec[3] is not None:
         raise ValueError(f"decode_attention: the Pallas kernel needs whole cache rows per "
                          f"device; the cache is sharded {spec}")
-    cache = P(*spec)
-    rows = P(spec[0], spec[1], None)
-    return jax.shard_map(f, mesh=mesh, in_specs=(rows, cache, cache, P(spec[0])),
-                         out_specs=rows, check_vma=False)(q, k_cache, v_cache, valid_len)
+    cache, per_slot = P(*spec), P(spec[0])
+    table = P(spec[0], None)
+    return jax.shard_map(
+        f, mesh=mesh,
+        in_specs=(cache, table, table, cache, cache, per_slot, per_slot),
+        out_specs=(P(spec[0], spec[1], None), cache, cache), check_vma=False,
+    )(qkv, cos, sin, k_cache, v_cache, lengths, active)

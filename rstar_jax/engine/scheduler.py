@@ -77,9 +77,10 @@ class GenerationEngine:
       steps_per_call: decode steps per jitted call.
       kv_bucket, prefill_len_bucket, prefill_batch: static-shape buckets (configs/engine.py).
       mesh, rules: shard slots over (data, fsdp) and KV heads over tensor when given.
-      decode_attention: "xla" (read each decode chunk's kv bucket), "pallas" (the ragged
+      decode_attention: "xla" (read each decode chunk's kv bucket), "pallas" (the fused
         kernel of decode_attention.py: each slot's row in place up to its own length; one
-        decode compile, no bucket; interpret mode on CPU) or "auto" (pallas on GPU).
+        decode compile, no bucket; interpret mode on CPU) or "auto" (pallas on GPU where
+        the model's shapes suit the kernel, else xla).
       decode_block_k: the Pallas kernel's key block (a power of two dividing max_len).
     """
 
@@ -88,7 +89,7 @@ class GenerationEngine:
                  eos_token_id: int | None = None, steps_per_call: int = 32,
                  kv_bucket: int = 512, prefill_len_bucket: int = 128, prefill_batch: int = 16,
                  mesh: Mesh | None = None, rules: Mapping | None = None, dtype=None,
-                 decode_attention: str = "xla", decode_block_k: int = 64):
+                 decode_attention: str = "xla", decode_block_k: int = 32):
         if slots < 1 or max_len < 2 or capacity < 1 or steps_per_call < 1:
             raise ValueError(f"engine needs slots>=1, max_len>=2, capacity>=1, steps_per_call>=1; "
                              f"got {slots}, {max_len}, {capacity}, {steps_per_call}")
@@ -98,7 +99,13 @@ class GenerationEngine:
         self.decode_attention = resolve_impl(decode_attention)
         self.decode_block_k = decode_block_k
         if self.decode_attention == "pallas":   # fail here, not at the first decode
-            check_pallas_shapes(cfg.head_dim, max_len, decode_block_k)
+            try:
+                check_pallas_shapes(cfg.head_dim, max_len, decode_block_k,
+                                    cfg.num_attention_heads // cfg.num_key_value_heads)
+            except ValueError:
+                if decode_attention != "auto":
+                    raise
+                self.decode_attention = "xla"   # "auto": the kernel does not fit this model
         self.cfg, self.slots, self.max_len, self.capacity = cfg, slots, max_len, capacity
         self.steps_per_call, self.kv_bucket = steps_per_call, kv_bucket
         self.prefill_len_bucket, self.prefill_batch = prefill_len_bucket, prefill_batch
