@@ -3,8 +3,10 @@
 Random weights of a model preset (configs/model.py), B prompts of --prompt-len random
 tokens, --new-tokens generated with stops disabled (greedy). One JSON line per batch size:
   python launch/bench_engine.py --preset qwen2.5-math-1.5b --batch-sizes 16,64,256
-Decode attention: --decode-attention xla (kv buckets, the default) or pallas (the ragged
-in-place kernel of rstar_jax/engine/decode_attention.py; --decode-block-k sets its key block).
+Decode attention: --decode-attention auto (the default: pallas on GPU, else xla), xla (kv
+buckets) or pallas (the fused in-place kernel of rstar_jax/engine/decode_attention.py;
+--decode-block-k sets its key block). --profile DIR adds the top device kernels of one
+more, traced run to the JSON (launch/profile_summary.py).
 Ours needs only jax; the HF baseline (static and dynamic cache) runs when torch and
 transformers are importable and --skip-hf is not given.
 Roofline: a decode step must read all weights and the live KV cache once, so
