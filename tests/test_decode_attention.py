@@ -102,6 +102,14 @@ def test_dispatch_and_bucket():
         resolve_impl("flash")
 
 
+def test_without_the_triton_backend_auto_falls_back(monkeypatch):
+    from rstar_jax.engine import decode_attention as da
+    monkeypatch.setattr(da, "plgpu", None)
+    assert da.resolve_impl("auto") == "xla"
+    with pytest.raises(ValueError, match="lacks"):
+        da.resolve_impl("pallas")
+
+
 def test_xla_bucket_reads_only_its_keys():
     qkv, cos, sin, k, v, n, act = make_inputs(4, 2, 2, 3, 32, 64, [10, 30])
     q = qkv[:, :, :3].reshape(2, 6, 32)

@@ -22,7 +22,8 @@ Two implementations of the same function (`write_and_attend(..., impl)` picks on
                            being separate kernels (on an H100 at 1.5B shapes those small
                            kernels cost about as much as the attention itself).
 
-"auto" is pallas on GPU and xla elsewhere; on CPU the kernel runs in interpret mode (tests).
+"auto" is pallas on GPU (when this JAX still has Pallas' Triton backend) and xla elsewhere;
+on CPU the kernel runs in interpret mode (tests).
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
 from jax.sharding import PartitionSpec as P
+
+try:   # JAX has deprecated Pallas' Triton backend; without it "auto" falls back to xla
+    from jax.experimental.pallas import triton as plgpu
+except ImportError:   # pragma: no cover - depends on the installed JAX
+    plgpu = None
 
 from rstar_jax.models import layers as Lyr
 
@@ -252,7 +257,10 @@ def resolve_impl(impl: str) -> str:
     if impl not in IMPLS:
         raise ValueError(f"decode_attention must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        return "pallas" if jax.default_backend() == "gpu" else "xla"
+        return "pallas" if jax.default_backend() == "gpu" and plgpu is not None else "xla"
+    if impl == "pallas" and plgpu is None:
+        raise ValueError("decode_attention='pallas' needs jax.experimental.pallas.triton, which "
+                         f"this JAX ({jax.__version__}) lacks; use 'xla' or 'auto'")
     return impl
 
 
