@@ -15,9 +15,9 @@ from __future__ import annotations
 import flax.struct
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
-from rstar_jax.engine.decode_attention import write_and_attend
+from rstar_jax.engine.decode_attention import split_and_rotate, write_and_attend
 from rstar_jax.engine.kv_cache import KVCache
 from rstar_jax.engine.sampling import request_keys, sample_tokens, sample_tokens_static
 from rstar_jax.models import layers as Lyr
@@ -136,9 +136,7 @@ def split_layer_shardings(shardings: dict, params: dict, mesh, rules=None) -> di
 def _layer_qkv(p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array):
     """Rotated q [B, T, H, Dh] and k, v [B, T, G, Dh] of x [B, T, D] from fused weights."""
     qkv = jnp.einsum("btd,dgjk->btgjk", x, p["qkv_kernel"]) + p["qkv_bias"]
-    b, t, g, j, dh = qkv.shape
-    q = qkv[:, :, :, : j - 2].reshape(b, t, g * (j - 2), dh)
-    return Lyr.apply_rope(q, cos, sin), Lyr.apply_rope(qkv[:, :, :, j - 2], cos, sin), qkv[:, :, :, j - 1]
+    return split_and_rotate(qkv, cos, sin)
 
 
 def _layer_mlp(p: dict, x: jax.Array) -> jax.Array:

@@ -70,19 +70,25 @@ def decode_attention_xla(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
     return jnp.einsum("sgrt,sgtk->sgrk", probs, v_cache).reshape(s, h, dh).astype(q.dtype)
 
 
+def split_and_rotate(qkv: jax.Array, cos: jax.Array, sin: jax.Array):
+    """Fused projections [B, P, G, R + 2, Dh] -> rotated q [B, P, H, Dh], rotated k and v
+    [B, P, G, Dh]; cos, sin [B, P, Dh]. (Prefill and the XLA decode path share this.)"""
+    b, t, g, j, dh = qkv.shape
+    q = qkv[:, :, :, : j - 2].reshape(b, t, g * (j - 2), dh)
+    return (Lyr.apply_rope(q, cos, sin), Lyr.apply_rope(qkv[:, :, :, j - 2], cos, sin),
+            qkv[:, :, :, j - 1])
+
+
 def write_and_attend_xla(qkv: jax.Array, cos: jax.Array, sin: jax.Array, k_cache: jax.Array,
                          v_cache: jax.Array, lengths: jax.Array, active: jax.Array,
                          kv_len: int | None = None):
     """The reference. Returns (attn [S, H, Dh] in qkv's dtype, k_cache, v_cache)."""
-    s, g, j, dh = qkv.shape
-    q = qkv[:, :, : j - 2].reshape(s, 1, g * (j - 2), dh)
-    q = Lyr.apply_rope(q, cos[:, None], sin[:, None])[:, 0]
-    k = Lyr.apply_rope(qkv[:, None, :, j - 2], cos[:, None], sin[:, None])[:, 0]   # [S, G, Dh]
+    s, g = qkv.shape[:2]
+    q, k, v = (x[:, 0] for x in split_and_rotate(qkv[:, None], cos[:, None], sin[:, None]))
     write = jnp.where(active, lengths, k_cache.shape[2])[:, None]                  # T: dropped
     rows, heads = jnp.arange(s)[:, None], jnp.arange(g)[None, :]
     k_cache = k_cache.at[rows, heads, write].set(k.astype(k_cache.dtype), mode="drop")
-    v_cache = v_cache.at[rows, heads, write].set(qkv[:, :, j - 1].astype(v_cache.dtype),
-                                                 mode="drop")
+    v_cache = v_cache.at[rows, heads, write].set(v.astype(v_cache.dtype), mode="drop")
     attn = decode_attention_xla(q, k_cache, v_cache, lengths + 1, kv_len)
     return attn, k_cache, v_cache
 

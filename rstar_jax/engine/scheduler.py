@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from typing import Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
