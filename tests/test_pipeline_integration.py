@@ -10,7 +10,7 @@ bootstrap policy (SFT on hand-written code-augmented traces)
 
 Random weights generate gibberish, so the round starts from a policy SFT-trained on two
 traces per problem, written in the exact step format the search produces
-(rstar_jax/search/step_format.py): a correct two-step code solution and a wrong one-step
+(rstar_jax/step_format.py): a correct two-step code solution and a wrong one-step
 "solution" (it multiplies instead of adding, or similar). The policy samples both, so the
 search has to tell them apart by running the code and grading the answers; everything
 downstream is built only from what the search found.
@@ -37,8 +37,8 @@ from rstar_jax.models import (Qwen2Config, Qwen2ForCausalLM, Qwen2PPM, forward_s
                               load_pretrained, load_tokenizer, make_mesh, params_of)
 from rstar_jax.models.tiny_tokenizer import build_tiny_tokenizer
 from rstar_jax.search import mcts
-from rstar_jax.search.host_tree import INVALID_TERMINALS
-from rstar_jax.search.step_format import build_prompt
+from rstar_jax.step_format import INVALID_TERMINALS
+from rstar_jax.step_format import build_prompt
 from rstar_jax.train import train_ppm, train_sft
 from rstar_jax.train.metrics import read_metrics
 from rstar_jax.verify.executor import PythonExecutor

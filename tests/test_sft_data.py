@@ -13,7 +13,7 @@ from rstar_jax.data import sft_data
 from rstar_jax.data.rstar_trees import (MAX_CHILD_INDEX, TOO_MANY_CODE_ERRORS,
                                         TOO_MANY_STEPS, TreeFormatError, load_tree_records,
                                         parse_tree_record)
-from rstar_jax.search.step_format import build_prompt
+from rstar_jax.step_format import build_prompt
 
 
 def node(text="", q=0.0, answer="", visits=1, **extra):

@@ -6,7 +6,7 @@ import pytest
 
 from rstar_jax.models import Qwen2Config, Qwen2ForCausalLM, load_tokenizer, resize_embeddings, step_token_ids
 from rstar_jax.models.tiny_tokenizer import build_tiny_tokenizer
-from rstar_jax.search.step_format import SPECIAL_TOKENS
+from rstar_jax.step_format import SPECIAL_TOKENS
 
 
 def _plain_tokenizer_dir(tmp_path):

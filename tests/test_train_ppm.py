@@ -10,7 +10,7 @@ from flax import nnx
 from rstar_jax.models import (Qwen2Config, Qwen2ForCausalLM, Qwen2PPM, forward_values, load_ppm,
                               make_mesh, params_of)
 from rstar_jax.models.tiny_tokenizer import build_tiny_tokenizer
-from rstar_jax.search.step_format import build_prompt
+from rstar_jax.step_format import build_prompt
 from rstar_jax.train import data as D
 from rstar_jax.train import steps as S
 from rstar_jax.train import train_ppm

@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 
 from rstar_jax.models import Qwen2Config, Qwen2ForCausalLM, save_pretrained
 from rstar_jax.models.tiny_tokenizer import build_tiny_tokenizer
-from rstar_jax.search.step_format import build_prompt
+from rstar_jax.step_format import build_prompt
 from rstar_jax.train.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

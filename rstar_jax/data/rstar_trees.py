@@ -27,9 +27,9 @@ import os
 from typing import Any, Iterable, Iterator
 
 # Terminal markers written into `final_answer` (the reference's constants.py, byte for
-# byte); the search writes them, so we take them from there.
-from rstar_jax.search.host_tree import (INVALID_TERMINALS, NO_VALID_CHILD,  # noqa: F401
-                                        TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS)
+# byte), from the step format the search writes them with.
+from rstar_jax.step_format import (INVALID_TERMINALS, NO_VALID_CHILD,  # noqa: F401
+                                   TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS)
 
 ROOT_TAG = "0"
 

@@ -28,7 +28,7 @@ from rstar_jax.data.rstar_trees import (TreeNode, TreeRecord, is_code_error_leaf
                                         is_valid_answer_leaf, iter_nodes,
                                         root_to_leaf_paths, write_json_atomic,
                                         write_jsonl_atomic)
-from rstar_jax.search.step_format import ASSISTANT, PROMPT_TEMPLATE, build_prompt
+from rstar_jax.step_format import ASSISTANT, PROMPT_TEMPLATE, build_prompt
 
 # "<|assistant|>: Let's think step by step and solve the problem with code."
 ASSISTANT_PREAMBLE = ASSISTANT + PROMPT_TEMPLATE.split(ASSISTANT, 1)[1]

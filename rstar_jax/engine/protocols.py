@@ -17,7 +17,7 @@ from rstar_jax.engine.scheduler import Completion, GenerationEngine, Request
 from rstar_jax.models.config import Qwen2Config
 from rstar_jax.models.qwen2 import forward_scores
 from rstar_jax.models.tokenizer import step_token_ids
-from rstar_jax.search.step_format import STOP_TAGS
+from rstar_jax.step_format import STOP_TAGS
 
 
 def stop_token_ids(tokenizer, tags: Sequence[str] = STOP_TAGS) -> list[int]:

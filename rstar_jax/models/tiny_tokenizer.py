@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from rstar_jax.search.step_format import SPECIAL_TOKENS
+from rstar_jax.step_format import SPECIAL_TOKENS
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"

@@ -9,7 +9,7 @@ import numpy as np
 from flax import nnx
 
 from rstar_jax.models.qwen2 import Qwen2ForCausalLM, Qwen2PPM
-from rstar_jax.search.step_format import SPECIAL_TOKENS
+from rstar_jax.step_format import SPECIAL_TOKENS
 
 
 def load_tokenizer(path: str | os.PathLike, *, add_step_tokens: bool = True):

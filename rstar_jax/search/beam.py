@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from rstar_jax import step_format as sf
 from rstar_jax.search import expand as ex
-from rstar_jax.search import step_format as sf
 from rstar_jax.search.host_tree import SearchTree, save_trees
 from rstar_jax.search.mcts import as_problem, default_answer_fn
 

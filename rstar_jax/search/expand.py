@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Protocol, Sequence
 
-from rstar_jax.search import step_format as sf
-from rstar_jax.search.host_tree import (PYTHON_ACTION, TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS,
-                                        SearchTree)
+from rstar_jax import step_format as sf
+from rstar_jax.search.host_tree import SearchTree
+from rstar_jax.step_format import PYTHON_ACTION, TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS
 
 
 class ExecResult(Protocol):

@@ -15,13 +15,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-# Terminal markers of the reference (constants.py), byte for byte ("sove" included), so
-# dumps read by the reference's extractors and by `rstar_jax.data.rstar_trees` agree.
-TOO_MANY_CODE_ERRORS = "Too many consecutive steps have code errors."
-TOO_MANY_STEPS = "Fail to sove the problem within limited steps."
-NO_VALID_CHILD = "Fail to generate parsable text for next step."
-INVALID_TERMINALS = (NO_VALID_CHILD, TOO_MANY_STEPS, TOO_MANY_CODE_ERRORS)
-PYTHON_ACTION = "python_interpreter"  # the reference's only action name (§3.3)
+from rstar_jax.step_format import INVALID_TERMINALS
 
 
 @dataclasses.dataclass

@@ -19,11 +19,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from rstar_jax import step_format as sf
 from rstar_jax.search import expand as ex
-from rstar_jax.search import step_format as sf
 from rstar_jax.search import tree as T
 from rstar_jax.search.answers import best_answer
-from rstar_jax.search.host_tree import INVALID_TERMINALS, SearchTree, save_trees
+from rstar_jax.search.host_tree import SearchTree, save_trees
+from rstar_jax.step_format import INVALID_TERMINALS
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from rstar_jax.search.step_format import build_prompt
+from rstar_jax.step_format import build_prompt
 
 
 # ------------------------------------------------------------------------------ rows

@@ -2,7 +2,7 @@
 
 `PythonExecutor(...).run(programs) -> list[ExecResult]` runs a batch of whole
 cumulative programs (the search replays every code step so far, assembled with
-`rstar_jax.search.step_format.extract_program`) and returns, for each, the
+`rstar_jax.step_format.extract_program`) and returns, for each, the
 observation the reference's `PythonInterpreter` would produce (semantics in
 `program_runner`) plus whether the step failed.
 

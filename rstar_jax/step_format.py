@@ -1,4 +1,8 @@
-"""The code-augmented chain-of-thought step format (rstar_reference.md §3).
+"""The code-augmented chain-of-thought step format (rstar_reference.md §3, §4.1).
+
+The bottom layer of the package: it imports nothing else of rstar_jax, so models
+(tokenizer special tokens), engine (stop tags), search, data and train all read the
+format from here without pulling each other in.
 
 One tree node holds the text of one step up to and including its stop tag. Code
 steps end in `<end_of_step>`; the last code step ends in `<end_of_code>` and gets
@@ -16,6 +20,14 @@ ANSWER = "<answer>"
 END_OF_ANSWER = "<end_of_answer>"
 USER = "<|user|>"
 ASSISTANT = "<|assistant|>"
+
+# Terminal markers of the reference (constants.py), byte for byte ("sove" included), so
+# dumps read by the reference's extractors and by ours agree (§2.5).
+TOO_MANY_CODE_ERRORS = "Too many consecutive steps have code errors."
+TOO_MANY_STEPS = "Fail to sove the problem within limited steps."
+NO_VALID_CHILD = "Fail to generate parsable text for next step."
+INVALID_TERMINALS = (NO_VALID_CHILD, TOO_MANY_STEPS, TOO_MANY_CODE_ERRORS)
+PYTHON_ACTION = "python_interpreter"  # the reference's only action name (§3.3)
 
 # Tags that end one step: the generation engine stops on any of them.
 STOP_TAGS = (END_OF_STEP, END_OF_CODE, END_OF_ANSWER)
