@@ -3,7 +3,9 @@
 `get_config(preset)` returns an ml_collections ConfigDict; the round configs embed it as
 `config.search`. Presets follow the reference's run-mode files (rstar_reference.md §2.8):
   round1     sample_mcts.yaml, with the paper's 8 rollouts (issue #26)
-  round2     sft_sample_mcts.yaml, with the paper's 16 rollouts (issue #20)
+  round2     sft_sample_mcts.yaml, with the paper's 16 rollouts (issue #20); searched
+             without a PPM in round 2 (the paper does not search with PPM r1, Table 2)
+  round3     the same settings, PPM-augmented (a scorer is given) in rounds 3 and 4
   eval_mcts  sft_eval_mcts.yaml
   eval_bs    sft_eval_bs.yaml (only the `beam` section is used)
   greedy     sft_eval_greedy.yaml (only the `greedy` section is used)
@@ -14,7 +16,13 @@ from __future__ import annotations
 
 import ml_collections
 
-PRESETS = ("round1", "round2", "eval_mcts", "eval_bs", "greedy")
+PRESETS = ("round1", "round2", "round3", "eval_mcts", "eval_bs", "greedy")
+# Stop strings of the reference's run modes (rstar_reference.md §2.8): every search
+# stops after one step; round 1 also at <end_of_output> (sample_mcts.yaml); greedy only
+# after the whole code block or the answer (sft_eval_greedy.yaml).
+STEP_STOP_TAGS = ("<end_of_step>", "<end_of_code>", "<end_of_answer>")
+ROUND1_STOP_TAGS = ("<end_of_step>", "<end_of_code>", "<end_of_output>", "<end_of_answer>")
+GREEDY_STOP_TAGS = ("<end_of_code>", "<end_of_answer>")
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -43,7 +51,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # (one visit, not propagated, §2.7). Only used when a scorer is given.
     c.ppm_init_children = True
     # The reference flags a code step as failed when its output contains "error" in any
-    # case (§3.5, quirk 5). False: trust the executor's `error`/`timed_out` flags only.
+    # case (§3.5, quirk 5), so a program printing "Error: none" fails. False: a step fails
+    # only when its program raised or ended abnormally (the executor's `error`) or timed out.
     c.error_substring = True
     c.batch_size = 3000          # problems advanced in lock-step; sft_sample_mcts.yaml (§2.8)
     c.initial_num_slots = 256    # node slots allocated per tree; trees grow by doubling
@@ -51,6 +60,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # The reference puts "\n\n" before <|assistant|> at search time but "\n" in training
     # (§3.1, quirk 9); False uses the training form everywhere (step_format.build_prompt).
     c.reference_prompt_newlines = False
+    c.stop_tags = STEP_STOP_TAGS  # sft_sample_mcts.yaml `stop` (§2.8)
 
     # --- step-level beam search (§2.10, sft_eval_bs.yaml) ---
     c.beam = ml_collections.ConfigDict()
@@ -58,12 +68,14 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.beam.num_samples = 8       # n_generate_sample (§2.8)
     c.beam.max_depth = 16        # max_depth (§2.8)
     c.beam.temperature = 1.0     # temperature (§2.8)
+    c.beam.stop_tags = STEP_STOP_TAGS  # sft_eval_bs.yaml `stop` (§2.8)
 
     # --- greedy decoding (sft_eval_greedy.yaml) ---
     c.greedy = ml_collections.ConfigDict()
     c.greedy.max_depth = 2       # the whole code block is one step there (§2.8, §3.5)
     c.greedy.errors_threshold = 3  # (§2.8)
     c.greedy.temperature = 0.0   # (§2.8)
+    c.greedy.stop_tags = GREEDY_STOP_TAGS  # (§2.8, §3.5)
 
     # --- answer selection across runs (§2.9, eval_maj.py) ---
     c.vote = ml_collections.ConfigDict()
@@ -77,6 +89,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.errors_threshold = 2   # sample_mcts.yaml
         c.ppm_init_children = False  # terminal_sample: no PPM in round 1
         c.batch_size = 2500      # sample_mcts.yaml
+        c.stop_tags = ROUND1_STOP_TAGS  # sample_mcts.yaml adds <end_of_output>
     elif preset == "eval_mcts":
         c.num_rollouts = 12      # sft_eval_mcts.yaml iterations (§8 test column)
         c.num_children = 32      # sft_eval_mcts.yaml n_generate_sample

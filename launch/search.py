@@ -96,7 +96,7 @@ def run(search_cfg, engine_cfg, *, policy: str, ppm: str | None, problems: str,
     graded = [t for t in trees if t.answer is not None]
     solved = sum(1 for t in graded
                  if (best := answers.best_answer(t)) is not None
-                 and mcts.default_grade_fn(best[0], t.answer))
+                 and mcts.grader_equal(best[0], t.answer))
     return {"problems": len(trees), "graded": len(graded),
             "solve_rate": solved / len(graded) if graded else None,
             "tokens_generated": proposer.tokens_generated,

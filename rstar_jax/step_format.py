@@ -26,8 +26,23 @@ ASSISTANT = "<|assistant|>"
 TOO_MANY_CODE_ERRORS = "Too many consecutive steps have code errors."
 TOO_MANY_STEPS = "Fail to sove the problem within limited steps."
 NO_VALID_CHILD = "Fail to generate parsable text for next step."
-INVALID_TERMINALS = (NO_VALID_CHILD, TOO_MANY_STEPS, TOO_MANY_CODE_ERRORS)
+# Ours: a node whose prompt (question + steps so far) leaves no room in the policy's
+# context to generate the next step. The reference never sees it (vLLM errors instead);
+# like TOO_MANY_STEPS it is neither a valid answer nor a code error for the data rules.
+CONTEXT_FULL = "The prompt no longer fits the model's context."
+INVALID_TERMINALS = (NO_VALID_CHILD, TOO_MANY_STEPS, TOO_MANY_CODE_ERRORS, CONTEXT_FULL)
 PYTHON_ACTION = "python_interpreter"  # the reference's only action name (§3.3)
+
+
+def is_valid_final_answer(final_answer: str) -> bool:
+    """Whether a node's `final_answer` is a real answer and not a failure marker.
+
+    Failure terminals (code errors, too deep, nothing parsable, context full) also carry
+    a `final_answer` string, so they are excluded by name (the reference's
+    `is_valid_final_answer_node`). A valid answer *leaf* is a node without children
+    whose final answer passes this test.
+    """
+    return bool(final_answer) and final_answer not in INVALID_TERMINALS
 
 # Tags that end one step: the generation engine stops on any of them.
 STOP_TAGS = (END_OF_STEP, END_OF_CODE, END_OF_ANSWER)

@@ -289,4 +289,4 @@ def test_alternative_gold_answers_are_all_accepted_and_dumped(tmp_path):
     assert leaf0.q_value == 1.0 and leaf1.q_value == -1.0   # 7 matches only an alternative
     records = load_tree_records(str(out))
     assert records[0].answer == ("3", "7") and records[1].answer == "3"
-    assert mcts.default_grade_fn("7", ["3", "7"]) and not mcts.default_grade_fn("5", ["3", "7"])
+    assert mcts.grader_equal("7", ["3", "7"]) and not mcts.grader_equal("5", ["3", "7"])

@@ -19,9 +19,10 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from rstar_jax import step_format as sf
-from rstar_jax.search import expand as ex
+from rstar_jax.search import expand
 from rstar_jax.search.host_tree import SearchTree, save_trees
-from rstar_jax.search.mcts import as_problem, default_answer_fn
+from rstar_jax.search.mcts import grader_answer, new_trees
+from rstar_jax.search.settings import MCTSSettings
 
 
 def beam_search(problems: Sequence[Any], proposer: Any, executor: Any, config: Any,
@@ -29,40 +30,37 @@ def beam_search(problems: Sequence[Any], proposer: Any, executor: Any, config: A
                 output_path: str | None = None) -> list[SearchTree]:
     """Beam search on every problem; returns one tree per problem with `solutions` set.
 
-    `config` is the search section; `config.beam` holds width, num_samples, max_depth
-    and temperature. Without a scorer every value is 0 and ranking keeps creation order.
+    `config` is the search section; `config.beam` holds width, num_samples, max_depth,
+    temperature and the stop tags the proposer must use. Without a scorer every value is
+    0 and ranking keeps creation order.
     """
-    bc = config.beam
-    for name in ("width", "num_samples", "max_depth"):
-        if int(bc[name]) < 1:
-            raise ValueError(f"config.search.beam.{name} must be >= 1, got {bc[name]}")
-    answer_fn = answer_fn or default_answer_fn
-    trees = [SearchTree.new(q, g, rec, mode="bs")
-             for q, g, rec in (as_problem(p, i) for i, p in enumerate(problems))]
+    cfg = MCTSSettings.from_config(config)
+    bc = cfg.beam
+    answer_fn = answer_fn or grader_answer
+    trees = new_trees(problems, mode="bs")
     beams = [[0] for _ in trees]
-    room = [int(bc.width) for _ in trees]          # the reference's current_top_num
+    room = [bc.width for _ in trees]          # the reference's current_top_num
     finals: list[list[int]] = [[] for _ in trees]
-    newline = bool(config.reference_prompt_newlines)
+    newline = cfg.reference_prompt_newlines
 
     def prompt(t: SearchTree, i: int) -> str:
         return sf.build_prompt(t.question, reference_newlines=newline) + t.partial_solution(i)
 
-    for _ in range(int(bc.max_depth)):
+    for _ in range(bc.max_depth):
         work = [(b, i) for b, beam in enumerate(beams) for i in beam]
         if not work:
             break
-        props = proposer.propose([prompt(trees[b], i) for b, i in work], int(bc.num_samples),
-                                 float(bc.temperature))
+        props = proposer.propose([prompt(trees[b], i) for b, i in work], bc.num_samples,
+                                 bc.temperature)
         pending = []
         for (b, i), p in zip(work, props):
-            pending += ex.pending_children(trees[b], b, i, p, answer_fn)
-        results = ex.run_programs(executor, pending)
+            pending += expand.pending_children(trees[b], b, i, p, answer_fn)
+        results = expand.run_programs(executor, pending)
         new = [[] for _ in trees]
         for pc, res in zip(pending, results):
-            node = ex.add_child(trees[pc.tree], pc, res, errors_threshold=1,
-                                max_depth=int(bc.max_depth),
-                                error_substring=bool(config.error_substring))
-            new[pc.tree].append(node)
+            node = expand.add_child(trees[pc.row], pc, res, errors_threshold=1,
+                                    max_depth=bc.max_depth, error_substring=cfg.error_substring)
+            new[pc.row].append(node)
         flat = [(b, n) for b, nodes in enumerate(new) for n in nodes]
         if scorer is not None and flat:
             scores = scorer.score([prompt(trees[b], n.index) for b, n in flat])

@@ -41,7 +41,7 @@ def filter_proposals(proposals: Sequence[str]) -> list[str]:
 class PendingChild:
     """A proposal waiting for its code result before it becomes a node."""
 
-    tree: int          # problem row
+    row: int           # the problem's row in its chunk
     parent: int        # parent slot
     text: str          # step text, stop tag included
     answer: str | None  # extracted final answer for answer steps, else None

@@ -1,21 +1,52 @@
-"""Host side of a search tree: step texts, code results and answers, indexed by node slot.
+"""The one model of a search tree on the host, and its dump format (rstar_reference.md §4.1).
 
 The numbers (visits, values, terminal flags) live in `rstar_jax.search.tree.Tree` on the
 device during search and are copied into these records when a tree finishes. This file
-also owns the dump format (rstar_reference.md §4.1): one JSON line per problem, the
-input record plus `"rstar": {tag: state}` with tags `0`, `0.1`, `0.1.2` in BFS order.
+owns the dump format, written and read here only: one JSON line per problem, the input
+record plus `"rstar": {tag: state}` with tags `0`, `0.1`, `0.1.2` in BFS order, which is
+what the reference's `main.py` writes too. The reader takes both (and `"tree"` as an
+alias for the tree key, `"query"` for the question) and validates every line; the data
+rules (`rstar_jax.data.rstar_trees`) read trees through it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from rstar_jax.step_format import INVALID_TERMINALS
+from rstar_jax.step_format import is_valid_final_answer
+
+ROOT_TAG = "0"
+TREE_KEY = "rstar"                 # the tree's key in a dump line (ours and the reference's)
+TREE_KEY_ALIASES = (TREE_KEY, "tree")
+# Step beam search dumps carry a non-node "solutions" entry beside the tags (§4.1).
+NON_NODE_KEYS = frozenset({"solutions"})
+# The reference rebuilds a tree by probing child tags `parent.k` for k < 64 * 16
+# (extra_sft_file.py / extra_rm_file.py, b1 * b2); children beyond that are never seen
+# (rstar_reference.md §9.6). The reader keeps the same horizon so the data rules match.
+MAX_CHILD_INDEX = 1024
+
+# Fields every node of a dump must carry (the reference always writes all five, §4.1),
+# with the JSON types allowed for each.
+_NUMBER = (int, float)
+REQUIRED_NODE_FIELDS = {
+    "text": (str,),
+    "value": _NUMBER,
+    "q_value": _NUMBER,
+    "visit_count": (int,),
+    "final_answer": (str,),
+}
+_OPTIONAL_STR_FIELDS = ("extra_info", "action", "action_input")
+_MODELLED_FIELDS = frozenset(REQUIRED_NODE_FIELDS) | set(_OPTIONAL_STR_FIELDS) | {"observation"}
+
+
+class TreeFormatError(ValueError):
+    """A tree dump line that does not have the expected shape; the message names where."""
 
 
 @dataclasses.dataclass
@@ -41,11 +72,13 @@ class Node:
     value: float = 0.0
     q_value: float = 0.0
     visit_count: int = 0
+    # State fields of a read dump that this model does not know, written back unchanged.
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def is_valid_answer(self) -> bool:
-        """A terminal answer step that is not one of the invalid-terminal markers (§2.9)."""
-        return bool(self.final_answer) and self.final_answer not in INVALID_TERMINALS
+        """A terminal answer step, not a failure marker (`step_format.is_valid_final_answer`)."""
+        return is_valid_final_answer(self.final_answer)
 
     def state(self) -> dict[str, Any]:
         """The reference's per-node state dict (§4.1 field names)."""
@@ -61,6 +94,7 @@ class Node:
         out["value"] = float(self.value)
         out["q_value"] = float(self.q_value)
         out["visit_count"] = int(self.visit_count)
+        out.update(self.extra)
         return out
 
 
@@ -152,48 +186,121 @@ class SearchTree:
         rec.setdefault("question", self.question)
         if self.answer is not None:
             rec["answer"] = self.answer    # every accepted gold, so the data rules see them all
-        rec["rstar"] = self.to_rstar_json()
+        rec[TREE_KEY] = self.to_rstar_json()
         return rec
 
     @classmethod
-    def from_record(cls, rec: dict[str, Any], *, where: str = "record") -> "SearchTree":
-        """Rebuild a tree from a dump line (ours or the reference's)."""
-        states = rec.get("rstar", rec.get("tree"))
-        if not isinstance(states, dict) or "0" not in states:
-            raise ValueError(f"{where}: no tree under 'rstar' (or 'tree') with a root tag '0'")
+    def from_record(cls, rec: Any, *, where: str = "record") -> "SearchTree":
+        """Rebuild a tree from one decoded dump line (ours or the reference's).
+
+        Raises TreeFormatError naming `where` (and the tag and field) for a line that is
+        not an object, lacks the tree or the question, or holds a node without one of
+        `REQUIRED_NODE_FIELDS`, with a mistyped field, a malformed tag or no parent.
+        Children are ordered by their index k (tags `parent.k`, gaps allowed, k <
+        `MAX_CHILD_INDEX`), as the reference's rebuild probes them.
+        """
+        if not isinstance(rec, dict):
+            raise TreeFormatError(f"{where}: line must be a JSON object, got {type(rec).__name__}")
+        key = next((k for k in TREE_KEY_ALIASES if k in rec), None)
+        if key is None:
+            raise TreeFormatError(f"{where}: missing field 'tree' (the tag -> node object; "
+                                  f"the search and the reference write it as {TREE_KEY!r})")
+        states = rec[key]
         question = rec.get("question", rec.get("query"))
         if question is None:
-            raise ValueError(f"{where}: no 'question' field")
-        answer = rec.get("answer")
-        record = {k: v for k, v in rec.items() if k not in ("rstar", "tree")}
-        mode = "bs" if "solutions" in states else "mcts"
-        if isinstance(answer, (list, tuple)):
-            answer = [str(a) for a in answer]
-        elif answer is not None:
-            answer = str(answer)
-        tree = cls(question=question, answer=answer,
-                   record=record, mode=mode, solutions=list(states.get("solutions", [])))
-        queue = [("0", -1, 0)]
+            raise TreeFormatError(f"{where}: missing field 'question' (or 'query')")
+        if not isinstance(question, str):
+            raise TreeFormatError(f"{where}: field 'question' must be a string, got {question!r}")
+        children_of = _index_tags(states, where)
+        tree = cls(question=question, answer=_gold_of(rec.get("answer"), where),
+                   record={k: v for k, v in rec.items() if k not in TREE_KEY_ALIASES},
+                   mode="bs" if "solutions" in states else "mcts",
+                   solutions=list(states.get("solutions", [])))
+        queue = [(ROOT_TAG, -1, 0)]
         while queue:
             tag, parent, depth = queue.pop(0)
-            st = states[tag]
-            node = Node(index=len(tree.nodes), parent=parent, tag=tag, depth=depth,
-                        text=st.get("text", ""), extra_info=st.get("extra_info", ""),
-                        action=st.get("action", ""), action_input=st.get("action_input", ""),
-                        final_answer=st.get("final_answer", ""),
-                        observation=st.get("observation"),
-                        value=float(st.get("value", 0.0) or 0.0),
-                        q_value=float(st.get("q_value", 0.0) or 0.0),
-                        visit_count=int(st.get("visit_count", 0) or 0))
-            node.terminal = bool(node.final_answer)
+            node = _node_from_state(states[tag], len(tree.nodes), parent, tag, depth)
             tree.nodes.append(node)
             if parent >= 0:
                 tree.nodes[parent].children.append(node.index)
-            k = 1
-            while f"{tag}.{k}" in states:
-                queue.append((f"{tag}.{k}", node.index, depth + 1))
-                k += 1
+            queue.extend((child, node.index, depth + 1) for child in children_of.get(tag, ()))
         return tree
+
+
+def _parse_tag(tag: str, where: str) -> tuple[int, ...]:
+    """Tag "0.3.1" -> (0, 3, 1); only canonical decimal parts (the reference builds tags
+    with f"{parent}.{k}", so "0.01" or "0.a" can never be found by its rebuild)."""
+    parts = tag.split(".")
+    if parts[0] != ROOT_TAG or not all(p.isdigit() and str(int(p)) == p for p in parts):
+        raise TreeFormatError(f"{where}: malformed node tag {tag!r} "
+                              f"(expected '0', '0.1', '0.1.2', ...)")
+    return tuple(int(p) for p in parts)
+
+
+def _check_state(tag: str, fields: Any, where: str) -> None:
+    """Raise TreeFormatError unless `fields` is a node state with every required field."""
+    if not isinstance(fields, dict):
+        raise TreeFormatError(f"{where}: node {tag!r} must be a JSON object, "
+                              f"got {type(fields).__name__}")
+    for name, types in REQUIRED_NODE_FIELDS.items():
+        if name not in fields:
+            raise TreeFormatError(f"{where}: node {tag!r} is missing field {name!r}")
+        value = fields[name]
+        # bool is an int subclass in Python but never a valid count or Q value.
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise TreeFormatError(
+                f"{where}: node {tag!r} field {name!r} must be "
+                f"{' or '.join(t.__name__ for t in types)}, got {value!r}")
+        if types is _NUMBER and not math.isfinite(value):
+            raise TreeFormatError(f"{where}: node {tag!r} field {name!r} is not finite: {value!r}")
+    for name in _OPTIONAL_STR_FIELDS:
+        if name in fields and not isinstance(fields[name], str):
+            raise TreeFormatError(f"{where}: node {tag!r} field {name!r} must be str")
+
+
+def _index_tags(states: Any, where: str) -> dict[str, list[str]]:
+    """Validate every node of a `{tag: state}` object; children tags per parent, by index."""
+    if not isinstance(states, dict) or not states:
+        raise TreeFormatError(f"{where}: tree must be a non-empty JSON object of tag -> node")
+    if ROOT_TAG not in states:
+        raise TreeFormatError(f"{where}: tree has no root node tagged '0'")
+    children: dict[str, list[tuple[int, str]]] = {}
+    for tag, fields in states.items():
+        if tag in NON_NODE_KEYS:
+            continue
+        parts = _parse_tag(tag, where)
+        _check_state(tag, fields, where)
+        if tag == ROOT_TAG:
+            continue
+        parent = tag.rsplit(".", 1)[0]
+        if parent not in states:
+            raise TreeFormatError(f"{where}: node {tag!r} has no parent node {parent!r}")
+        if parts[-1] < MAX_CHILD_INDEX:
+            children.setdefault(parent, []).append((parts[-1], tag))
+    return {parent: [t for _, t in sorted(kids)] for parent, kids in children.items()}
+
+
+def _node_from_state(st: dict, index: int, parent: int, tag: str, depth: int) -> Node:
+    node = Node(index=index, parent=parent, tag=tag, depth=depth, text=st["text"],
+                extra_info=st.get("extra_info", ""), action=st.get("action", ""),
+                action_input=st.get("action_input", ""), final_answer=st["final_answer"],
+                observation=st.get("observation"), value=float(st["value"]),
+                q_value=float(st["q_value"]), visit_count=int(st["visit_count"]),
+                extra={k: v for k, v in st.items() if k not in _MODELLED_FIELDS})
+    node.terminal = bool(node.final_answer)
+    return node
+
+
+def _gold_of(answer: Any, where: str) -> str | list[str] | None:
+    """Gold answer as the reference grades it: `str(d["answer"])` (main.py), or a list."""
+    if answer is None:
+        return None
+    if isinstance(answer, list):
+        return [_gold_of(a, where) for a in answer]
+    if isinstance(answer, (str, int, float)) and not isinstance(answer, bool):
+        return str(answer)
+    raise TreeFormatError(f"{where}: field 'answer' must be a string, number or list, "
+                          f"got {answer!r}")
 
 
 def save_trees(trees: Iterable[SearchTree], path: str, *, append: bool = True) -> None:
@@ -206,17 +313,72 @@ def save_trees(trees: Iterable[SearchTree], path: str, *, append: bool = True) -
             f.flush()
 
 
-def load_trees(path: str) -> list[SearchTree]:
-    """Read a JSONL tree dump written by `save_trees` (or by the reference's main.py)."""
-    trees = []
+def iter_trees(path: str | os.PathLike) -> Iterator[tuple[str, SearchTree]]:
+    """("file:line", tree) for each line of a JSONL tree dump (ours or the reference's).
+
+    Blank lines are skipped. Unlike the reference, which silently drops lines it cannot
+    parse, any bad line raises TreeFormatError naming the file, line and field.
+    """
+    path = os.fspath(path)
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            where = f"{path}:{lineno}"
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e}); "
-                                 "a partly written last line can be deleted and the run resumed") from e
-            trees.append(SearchTree.from_record(rec, where=f"{path}:{lineno}"))
-    return trees
+                raise TreeFormatError(
+                    f"{where}: invalid JSON ({e.msg} at column {e.colno}); a partly written "
+                    "last line can be deleted and the run resumed") from e
+            yield where, SearchTree.from_record(rec, where=where)
+
+
+def load_trees(path: str | os.PathLike) -> list[SearchTree]:
+    """Read a JSONL tree dump written by `save_trees` (or by the reference's main.py)."""
+    return [tree for _, tree in iter_trees(path)]
+
+
+def resume_from_dump(path: str | os.PathLike, trees: Sequence[SearchTree]) -> dict[int, SearchTree]:
+    """Trees already in the dump at `path`, matched to `trees` by (question, gold), in order.
+
+    A search appends one flushed line per finished tree, so an interruption can only cut
+    the last line: that unterminated line is removed from the file (so appending goes on
+    cleanly) and its problem is searched again. Any other bad line is an error naming it.
+    Returns {position in `trees`: the finished tree read back}.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return {}
+    with open(path, "rb") as f:
+        data = f.read()
+    found: dict[tuple, list[SearchTree]] = {}
+    keep = 0
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        end = keep + len(raw) + 1
+        if not raw.strip():
+            keep = min(end, len(data))
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            rec = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            if end > len(data):          # the last, unterminated line: cut by the interruption
+                with open(path, "r+b") as f:
+                    f.truncate(keep)
+                break
+            raise TreeFormatError(f"{where}: not a tree dump line ({e}); fix or remove the "
+                                  "file, or search without resuming") from e
+        tree = SearchTree.from_record(rec, where=where)
+        found.setdefault(_problem_key(tree), []).append(tree)
+        keep = min(end, len(data))
+    done = {}
+    for i, t in enumerate(trees):
+        same = found.get(_problem_key(t))
+        if same:
+            done[i] = same.pop(0)
+    return done
+
+
+def _problem_key(tree: SearchTree) -> tuple[str, str]:
+    return tree.question, json.dumps(tree.answer)

@@ -13,79 +13,50 @@ Host code (texts, subprocesses, files) lives in this file; array code lives in `
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from rstar_jax import step_format as sf
-from rstar_jax.search import expand as ex
-from rstar_jax.search import tree as T
+from rstar_jax.data.problems import normalize_problem
+from rstar_jax.search import expand
+from rstar_jax.search import tree as device_tree
 from rstar_jax.search.answers import best_answer
-from rstar_jax.search.host_tree import SearchTree, save_trees
-from rstar_jax.step_format import INVALID_TERMINALS
+from rstar_jax.search.host_tree import SearchTree, resume_from_dump, save_trees
+from rstar_jax.search.settings import MCTSSettings
+from rstar_jax.step_format import CONTEXT_FULL, INVALID_TERMINALS
 
 
 # ----------------------------------------------------------------------------- inputs
 
 
-def default_answer_fn(step_text: str) -> str:
-    """Final answer of an answer step via the project grader (imported lazily)."""
-    from rstar_jax.verify import grader
+def grader_answer(step_text: str) -> str:
+    """Final answer of an answer step: `rstar_jax.verify.grader.extract_answer`."""
+    from rstar_jax.verify import grader   # lazily: the grader imports sympy and math-verify
     return grader.extract_answer(step_text)
 
 
-def default_grade_fn(pred: str, gold: str | Sequence[str]) -> bool:
-    """Math equivalence via the project grader (imported lazily); any of several golds."""
+def grader_equal(pred: str, gold: str | Sequence[str]) -> bool:
+    """`rstar_jax.verify.grader.math_equal_any` over the problem's accepted golds."""
     from rstar_jax.verify import grader
-    golds = [gold] if isinstance(gold, str) else list(gold)
-    return any(bool(grader.math_equal(pred, g)) for g in golds)
-
-
-def as_problem(p: Any, i: int) -> tuple[str, str | list[str] | None, dict]:
-    """(question, gold, record) from a dict or an object with `.question`.
-
-    gold is None (inference), a string, or a list of strings when the problem accepts
-    several answers (`answer` given as a list, or `alternatives` beside it, as
-    `rstar_jax.data.benchmarks.Problem` has for a few MATH records).
-    """
-    if isinstance(p, Mapping):
-        rec = dict(p)
-    elif hasattr(p, "question"):
-        rec = {k: v for k, v in vars(p).items() if not k.startswith("_")} if hasattr(p, "__dict__") \
-            else {"question": p.question, "answer": getattr(p, "answer", None)}
-    else:
-        raise TypeError(f"problem {i}: expected a dict or an object with a .question, got {type(p)}")
-    q = rec.get("question")
-    if not isinstance(q, str):
-        raise ValueError(f"problem {i}: 'question' must be a string, got {type(q).__name__}")
-    gold = rec.get("answer")
-    alternatives = list(rec.get("alternatives") or ())
-    if gold is None:
-        return q, None, rec
-    golds = [str(g) for g in gold] if isinstance(gold, (list, tuple)) else [str(gold)]
-    golds += [str(a) for a in alternatives if str(a) not in golds]
-    return q, golds[0] if len(golds) == 1 else golds, rec
-
-
-def check_config(cfg: Any) -> None:
-    """Fail early, naming the option, on values the search cannot use."""
-    for name in ("num_rollouts", "num_children", "max_depth", "errors_threshold",
-                 "batch_size", "initial_num_slots"):
-        if int(cfg[name]) < 1:
-            raise ValueError(f"config.search.{name} must be >= 1, got {cfg[name]}")
-    if cfg.unvisited_score not in ("zero", "inf"):
-        raise ValueError(f"config.search.unvisited_score must be 'zero' or 'inf', got "
-                         f"{cfg.unvisited_score!r}")
+    return grader.math_equal_any(pred, [gold] if isinstance(gold, str) else gold)
 
 
 @dataclasses.dataclass
 class Hooks:
     """Injected host functions (tests pass scripted ones; defaults use the grader)."""
 
-    answer_fn: Callable[[str], str] = default_answer_fn
-    grade_fn: Callable[[str, str], bool] = default_grade_fn
+    answer_fn: Callable[[str], str] = grader_answer
+    grade_fn: Callable[[str, Any], bool] = grader_equal
+
+
+def new_trees(problems: Sequence[Any], *, mode: str = "mcts") -> list[SearchTree]:
+    """One fresh tree per problem (dicts, `benchmarks.Problem`s or objects with .question)."""
+    out = []
+    for i, p in enumerate(problems):
+        prob = normalize_problem(p, i)
+        out.append(SearchTree.new(prob.question, prob.gold, prob.record, mode=mode))
+    return out
 
 
 # ---------------------------------------------------------------------------- a chunk
@@ -100,22 +71,23 @@ def _bucket(n: int) -> int:
 class _Chunk:
     """The trees of one chunk of problems: host records + device arrays."""
 
-    def __init__(self, trees: list[SearchTree], cfg: Any):
+    def __init__(self, trees: list[SearchTree], cfg: MCTSSettings):
         self.trees = trees
         self.cfg = cfg
         self.rows = _bucket(len(trees))
-        self.k = int(cfg.num_children)
-        self.dev = T.init_tree(self.rows, max(int(cfg.initial_num_slots), self.k + 1), self.k)
+        self.k = cfg.num_children
+        self.dev = device_tree.init_tree(self.rows, max(cfg.initial_num_slots, self.k + 1),
+                                         self.k)
         self.num_nodes = np.ones(self.rows, np.int64)
         self.live = np.zeros(self.rows, bool)
         self.live[: len(trees)] = True
-        self.kw = dict(c_puct=float(cfg.c_puct), unvisited_inf=cfg.unvisited_score == "inf")
+        self.kw = dict(c_puct=cfg.c_puct, unvisited_inf=cfg.unvisited_score == "inf")
         self.path_log: list[np.ndarray] = []   # selected node per level, for tests/diagnostics
 
     def prompt(self, row: int, node: int) -> str:
         t = self.trees[row]
-        return sf.build_prompt(t.question, reference_newlines=bool(self.cfg.reference_prompt_newlines)) \
-            + t.partial_solution(node)
+        return (sf.build_prompt(t.question, reference_newlines=self.cfg.reference_prompt_newlines)
+                + t.partial_solution(node))
 
     def ensure_capacity(self, num_new: np.ndarray) -> None:
         """Re-allocate every tree with doubled slots until the level's children fit."""
@@ -124,11 +96,11 @@ class _Chunk:
         while n < need:
             n *= 2
         if n != self.dev.num_slots:
-            self.dev = T.grow(self.dev, n)
+            self.dev = device_tree.grow(self.dev, n)
 
     def select_from_root(self) -> np.ndarray:
         start = np.zeros(self.rows, np.int32)
-        self.dev, cur = T.select_step(self.dev, start, self.live.copy(), **self.kw)
+        self.dev, cur = device_tree.select_step(self.dev, start, self.live.copy(), **self.kw)
         return np.asarray(cur)
 
     def finish(self, rows: Sequence[int]) -> None:
@@ -139,70 +111,121 @@ class _Chunk:
             self.trees[r].set_stats(visits[r], vsum[r], value[r], term[r])
 
 
+@dataclasses.dataclass
+class _LevelValues:
+    """What one level adds to the device trees: per row r and new child j, [rows, K] each
+    (num_new [rows])."""
+
+    num_new: np.ndarray        # children added under the row's current node
+    terminal: np.ndarray       # the child is terminal
+    values: np.ndarray         # value to back up
+    modes: np.ndarray          # device_tree.NO_UPDATE / LOCAL / RECURSIVE
+    make_terminal: np.ndarray  # mark the child terminal after its update (missing score)
+
+    @classmethod
+    def empty(cls, rows: int, k: int) -> "_LevelValues":
+        return cls(np.zeros(rows, np.int32), np.zeros((rows, k), bool),
+                   np.zeros((rows, k), np.float32), np.zeros((rows, k), np.int32),
+                   np.zeros((rows, k), bool))
+
+    def add(self, row: int, terminal: bool, value: float = 0.0,
+            mode: int = device_tree.NO_UPDATE) -> int:
+        j = int(self.num_new[row])
+        self.num_new[row] += 1
+        self.terminal[row, j], self.values[row, j], self.modes[row, j] = terminal, value, mode
+        return j
+
+
+def _propose(ch: _Chunk, rows: list[int], cur: np.ndarray, proposer,
+             stats: dict) -> tuple[list[int], list[list[str]]]:
+    """Proposals for the nodes of `rows`; rows whose prompt no longer fits are returned
+    apart (first element: rows that fit), so one long problem never ends the search."""
+    prompts = [ch.prompt(b, int(cur[b])) for b in rows]
+    fits = getattr(proposer, "fits", None)
+    ok = list(fits(prompts)) if fits is not None and prompts else [True] * len(prompts)
+    if len(ok) != len(prompts):
+        raise ValueError(f"proposer.fits returned {len(ok)} flags for {len(prompts)} prompts")
+    fit_rows = [b for b, f in zip(rows, ok) if f]
+    if not fit_rows:
+        return [], []
+    proposals = proposer.propose([p for p, f in zip(prompts, ok) if f], ch.k,
+                                 ch.cfg.temperature)
+    if len(proposals) != len(fit_rows):
+        raise ValueError(f"proposer.propose returned {len(proposals)} lists for "
+                         f"{len(fit_rows)} prompts; it must return one list of steps per prompt")
+    for props in proposals:
+        if len(props) > ch.k:
+            raise ValueError(f"proposer returned {len(props)} proposals for num_samples={ch.k}")
+    stats["steps"] += sum(len(p) for p in proposals)
+    return fit_rows, proposals
+
+
+def _add_children(ch: _Chunk, pending: list[expand.PendingChild], results: list,
+                  hooks: Hooks, scorer, rollout: int, out: _LevelValues) -> list[tuple]:
+    """Create the level's nodes and their values (§2.5, §2.7); returns the nodes still
+    waiting for a PPM score as (row, child position, node)."""
+    cfg = ch.cfg
+    to_score = []
+    for pc, res in zip(pending, results):
+        t = ch.trees[pc.row]
+        node = expand.add_child(t, pc, res, errors_threshold=cfg.errors_threshold,
+                                max_depth=cfg.max_depth, error_substring=cfg.error_substring,
+                                rollout=rollout)
+        if node.final_answer in INVALID_TERMINALS:
+            # Invalid terminals get the negative reward on the node only, in every mode (§2.5).
+            out.add(pc.row, True, cfg.negative_reward, device_tree.LOCAL)
+        elif node.terminal and cfg.terminal_guided:
+            ok = hooks.grade_fn(node.final_answer, t.answer)
+            out.add(pc.row, True, cfg.positive_reward if ok else cfg.negative_reward,
+                    device_tree.RECURSIVE)
+        elif scorer is not None and (node.terminal or cfg.ppm_init_children):
+            to_score.append((pc.row, out.add(pc.row, node.terminal), node))
+        else:
+            out.add(pc.row, node.terminal)
+    return to_score
+
+
+def _score(ch: _Chunk, to_score: list[tuple], scorer, out: _LevelValues) -> None:
+    """PPM values of the new nodes: answer steps back theirs up, others start with it (§2.7)."""
+    if not to_score:
+        return
+    scores = scorer.score([ch.prompt(r, n.index) for r, _, n in to_score])
+    if len(scores) != len(to_score):
+        raise ValueError(f"scorer.score returned {len(scores)} values for {len(to_score)} prompts")
+    for (r, j, n), s in zip(to_score, scores):
+        # A missing score makes the node a terminal worth the negative reward (§2.7).
+        out.values[r, j] = ch.cfg.negative_reward if s is None else float(s)
+        out.modes[r, j] = device_tree.RECURSIVE if n.terminal else device_tree.LOCAL
+        if s is None and not n.terminal:
+            out.make_terminal[r, j] = True
+            n.terminal = True
+
+
 def _level(ch: _Chunk, cur: np.ndarray, proposer, executor, scorer, hooks: Hooks,
            rollout: int, stats: dict) -> np.ndarray:
     """One tree level for every tree of the chunk; returns the next selected nodes."""
-    cfg, k = ch.cfg, ch.k
+    cfg = ch.cfg
     active = cur >= 0
     expand_rows = [b for b in np.flatnonzero(active) if not ch.trees[b].nodes[cur[b]].children]
-    pending: list[ex.PendingChild] = []
-    if expand_rows:
-        prompts = [ch.prompt(b, int(cur[b])) for b in expand_rows]
-        proposals = proposer.propose(prompts, k, float(cfg.temperature))
-        if len(proposals) != len(prompts):
-            raise ValueError(f"proposer.propose returned {len(proposals)} lists for {len(prompts)} "
-                             "prompts; it must return one list of steps per prompt")
-        for b, props in zip(expand_rows, proposals):
-            if len(props) > k:
-                raise ValueError(f"proposer returned {len(props)} proposals for num_samples={k}")
-            pending += ex.pending_children(ch.trees[b], b, int(cur[b]), props, hooks.answer_fn)
-        stats["steps"] += sum(len(p) for p in proposals)
-    results = ex.run_programs(executor, pending)
+    out = _LevelValues.empty(ch.rows, ch.k)
+    fit_rows, proposals = _propose(ch, expand_rows, cur, proposer, stats)
+    for b in sorted(set(expand_rows) - set(fit_rows)):
+        # The prompt leaves no room for a next step: a named invalid terminal child.
+        ch.trees[b].add_child(int(cur[b]), final_answer=CONTEXT_FULL, terminal=True,
+                              rollout=rollout)
+        out.add(b, True, cfg.negative_reward, device_tree.LOCAL)
+        stats["context_full"] += 1
+    pending: list[expand.PendingChild] = []
+    for b, props in zip(fit_rows, proposals):
+        pending += expand.pending_children(ch.trees[b], b, int(cur[b]), props, hooks.answer_fn)
+    results = expand.run_programs(executor, pending)
+    _score(ch, _add_children(ch, pending, results, hooks, scorer, rollout, out), scorer, out)
 
-    num_new = np.zeros(ch.rows, np.int32)
-    child_term = np.zeros((ch.rows, k), bool)
-    values = np.zeros((ch.rows, k), np.float32)
-    modes = np.zeros((ch.rows, k), np.int32)
-    make_term = np.zeros((ch.rows, k), bool)
-    scored: list[tuple[int, int, Any]] = []        # (row, child position, node) to score
-    for pc, res in zip(pending, results):
-        t = ch.trees[pc.tree]
-        node = ex.add_child(t, pc, res, errors_threshold=int(cfg.errors_threshold),
-                            max_depth=int(cfg.max_depth), error_substring=bool(cfg.error_substring),
-                            rollout=rollout)
-        j = num_new[pc.tree]
-        num_new[pc.tree] += 1
-        child_term[pc.tree, j] = node.terminal
-        if node.final_answer in INVALID_TERMINALS:
-            # Invalid terminals get the negative reward on the node only, in every mode (§2.5).
-            values[pc.tree, j], modes[pc.tree, j] = cfg.negative_reward, T.LOCAL
-        elif node.terminal:
-            if cfg.terminal_guided:
-                ok = hooks.grade_fn(node.final_answer, t.answer)
-                values[pc.tree, j] = cfg.positive_reward if ok else cfg.negative_reward
-                modes[pc.tree, j] = T.RECURSIVE
-            elif scorer is not None:
-                scored.append((pc.tree, j, node))
-        elif scorer is not None and cfg.ppm_init_children:
-            scored.append((pc.tree, j, node))
-    if scored:
-        scores = scorer.score([ch.prompt(r, n.index) for r, _, n in scored])
-        if len(scores) != len(scored):
-            raise ValueError(f"scorer.score returned {len(scores)} values for {len(scored)} prompts")
-        for (r, j, n), s in zip(scored, scores):
-            # A missing score makes the node a terminal worth the negative reward (§2.7).
-            v = cfg.negative_reward if s is None else float(s)
-            values[r, j] = v
-            modes[r, j] = T.RECURSIVE if n.terminal else T.LOCAL
-            if s is None and not n.terminal:
-                make_term[r, j] = True
-                n.terminal = True
-
-    ch.ensure_capacity(num_new)
-    ch.dev, nxt, overflow = T.level_update(ch.dev, cur.astype(np.int32), active, num_new,
-                                           child_term, values, modes, make_term,
-                                           max_path=int(cfg.max_depth) + 2, **ch.kw)
-    ch.num_nodes += num_new
+    ch.ensure_capacity(out.num_new)
+    ch.dev, nxt, overflow = device_tree.level_update(
+        ch.dev, cur.astype(np.int32), active, out.num_new, out.terminal, out.values, out.modes,
+        out.make_terminal, max_path=cfg.max_depth + 2, **ch.kw)
+    ch.num_nodes += out.num_new
     if np.asarray(overflow).any():
         # Cannot happen while children deeper than max_depth are terminal (§2.5); a
         # failure here means the tree arrays were edited outside the driver.
@@ -215,16 +238,16 @@ def _run_chunk(ch: _Chunk, proposer, executor, scorer, hooks: Hooks, on_finished
     cfg = ch.cfg
     done = np.zeros(ch.rows, bool)
     done[len(ch.trees):] = True
-    for rollout in range(int(cfg.num_rollouts)):
+    for rollout in range(cfg.num_rollouts):
         cur = ch.select_from_root()
         ch.path_log.append(cur.copy())
-        for _ in range(int(cfg.max_depth)):
+        for _ in range(cfg.max_depth):
             if not (cur >= 0).any():
                 break
             cur = _level(ch, cur, proposer, executor, scorer, hooks, rollout, stats)
             ch.path_log.append(cur.copy())
         # A tree whose root became terminal can never change again: hand it out now.
-        root_term = np.asarray(ch.dev.terminal[:, T.ROOT_INDEX])
+        root_term = np.asarray(ch.dev.terminal[:, device_tree.ROOT_INDEX])
         newly = [b for b in range(len(ch.trees)) if root_term[b] and not done[b]]
         if newly:
             ch.finish(newly)
@@ -241,36 +264,42 @@ def _run_chunk(ch: _Chunk, proposer, executor, scorer, hooks: Hooks, on_finished
 
 def search(problems: Sequence[Any], proposer: Any, executor: Any, config: Any,
            scorer: Any = None, *, answer_fn: Callable[[str], str] | None = None,
-           grade_fn: Callable[[str, str], bool] | None = None, output_path: str | None = None,
-           progress: bool = True, return_chunks: bool = False, resume: bool = True):
+           grade_fn: Callable[[str, Any], bool] | None = None, output_path: str | None = None,
+           progress: bool = True, return_chunks: bool = False, resume: bool = True,
+           summary: dict | None = None):
     """Run MCTS on every problem and return one `SearchTree` per problem, in order.
 
     Args:
       problems: dicts (or objects) with `question` and, for terminal-guided data
-        generation, `answer`.
-      proposer: `propose(prompts, num_samples, temperature) -> list[list[str]]`.
+        generation, `answer` (`rstar_jax.data.problems.normalize_problem`).
+      proposer: `propose(prompts, num_samples, temperature) -> list[list[str]]`, built
+        with the mode's stop tags (`config.stop_tags`); optionally `fits(prompts) ->
+        list[bool]`: a node whose prompt does not fit becomes a `CONTEXT_FULL` terminal.
       executor: `run(programs) -> list[ExecResult]` (`output`, `error`, `timed_out`).
-      config: the search section (`configs/search.py`).
+      config: the search section (`configs/search.py`), a ConfigDict, a plain dict or
+        `MCTSSettings`.
       scorer: optional PPM, `score(prompts) -> list[float]` in (-1, 1).
       answer_fn / grade_fn: answer extraction and equivalence; default to the grader.
       output_path: JSONL file; each tree is appended as soon as it is finished.
       progress: show a tqdm bar (problems finished, steps or tokens, solve rate).
       return_chunks: also return the internal chunks (device arrays, selection log).
       resume: when `output_path` already holds finished trees (an interrupted run), those
-        problems are loaded instead of searched again; a line cut off by the interruption
-        is dropped.
+        problems are loaded instead of searched again (`host_tree.resume_from_dump`).
+      summary: a dict to fill with counts (steps, finished, solved, graded, context_full).
     """
-    check_config(config)
-    hooks = Hooks(answer_fn or default_answer_fn, grade_fn or default_grade_fn)
-    parsed = [as_problem(p, i) for i, p in enumerate(problems)]
-    if config.terminal_guided:
-        missing = [i for i, (_, g, _) in enumerate(parsed) if g is None]
+    cfg = MCTSSettings.from_config(config)
+    hooks = Hooks(answer_fn or grader_answer, grade_fn or grader_equal)
+    trees_all = new_trees(problems)
+    if cfg.terminal_guided:
+        missing = [i for i, t in enumerate(trees_all) if t.answer is None]
         if missing:
-            raise ValueError(f"config.search.terminal_guided is True but problem {missing[0]} has no "
-                             "'answer'; give gold answers or set terminal_guided=False (inference)")
-    trees_all = [SearchTree.new(q, g, rec) for q, g, rec in parsed]
+            raise ValueError(f"config.search.terminal_guided is True but problem {missing[0]} has "
+                             "no 'answer'; give gold answers or set terminal_guided=False "
+                             "(inference)")
     bar = _progress(len(trees_all), progress)
-    stats = {"steps": 0, "solved": 0, "graded": 0, "finished": 0}
+    stats = summary if summary is not None else {}
+    for key in ("steps", "solved", "graded", "finished", "context_full"):
+        stats.setdefault(key, 0)
 
     def on_finished(trees: list[SearchTree]) -> None:
         if output_path:
@@ -285,18 +314,17 @@ def search(problems: Sequence[Any], proposer: Any, executor: Any, config: Any,
 
     todo = list(range(len(trees_all)))
     if output_path and resume:
-        done = _finished_trees(output_path, trees_all)
+        done = resume_from_dump(output_path, trees_all)
         for i, tree in done.items():
             trees_all[i] = tree
         todo = [i for i in todo if i not in done]
         if done:
-            stats["finished"] = len(done)
+            stats["finished"] += len(done)
             if bar is not None:
                 bar.update(len(done))
     chunks = []
-    bs = int(config.batch_size)
-    for s in range(0, len(todo), bs):
-        ch = _Chunk([trees_all[i] for i in todo[s: s + bs]], config)
+    for s in range(0, len(todo), cfg.batch_size):
+        ch = _Chunk([trees_all[i] for i in todo[s: s + cfg.batch_size]], cfg)
         _run_chunk(ch, proposer, executor, scorer, hooks, on_finished, stats)
         chunks.append(ch)
     if bar is not None:
@@ -304,54 +332,12 @@ def search(problems: Sequence[Any], proposer: Any, executor: Any, config: Any,
     return (trees_all, chunks) if return_chunks else trees_all
 
 
-def _finished_trees(path: str, trees: Sequence[SearchTree]) -> dict[int, SearchTree]:
-    """Trees already in `path`, matched to problems by question (then answer), in order.
-
-    The file is appended one flushed line per finished tree, so an interruption can only
-    cut the last line; that line is removed from the file. Any other bad line is an error.
-    """
-    if not os.path.exists(path):
-        return {}
-    with open(path, "rb") as f:
-        data = f.read()
-    found: dict[tuple, list[SearchTree]] = {}
-    keep = 0
-    for lineno, raw in enumerate(data.split(b"\n"), 1):
-        end = keep + len(raw) + 1
-        if not raw.strip():
-            keep = min(end, len(data))
-            continue
-        try:
-            rec = json.loads(raw)
-            tree = SearchTree.from_record(rec, where=f"{path}:{lineno}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            if end > len(data):          # the last, unterminated line: cut by the interruption
-                with open(path, "r+b") as f:
-                    f.truncate(keep)
-                break
-            raise ValueError(f"{path}:{lineno}: not a tree dump line ({e}); fix or remove the "
-                             "file, or pass resume=False") from e
-        found.setdefault((tree.question, json.dumps(tree.answer)), []).append(tree)
-        keep = min(end, len(data))
-    done = {}
-    for i, t in enumerate(trees):
-        same = found.get((t.question, json.dumps(t.answer)))
-        if same:
-            done[i] = same.pop(0)
-    return done
-
-
 def greedy(problems: Sequence[Any], proposer: Any, executor: Any, config: Any, **kw):
     """Greedy decoding as the reference's sft_eval_greedy.yaml: MCTS with one child per
-    node, one rollout, temperature 0, `config.greedy` depth and error threshold (§2.8)."""
-    g = config.copy_and_resolve_references() if hasattr(config, "copy_and_resolve_references") \
-        else dict(config)
-    g.num_children, g.num_rollouts = 1, 1
-    g.temperature = float(config.greedy.temperature)
-    g.max_depth = int(config.greedy.max_depth)
-    g.errors_threshold = int(config.greedy.errors_threshold)
-    g.terminal_guided = False
-    return search(problems, proposer, executor, g, scorer=None, **kw)
+    node, one rollout, temperature 0, `config.greedy` depth, error threshold and stop tags
+    (§2.8); `proposer` must stop at `config.greedy.stop_tags`."""
+    settings = MCTSSettings.from_config(config).for_greedy()
+    return search(problems, proposer, executor, settings, scorer=None, **kw)
 
 
 def search_runs(problems: Sequence[Any], make_proposer: Callable[[int], Any], executor: Any,
@@ -360,8 +346,9 @@ def search_runs(problems: Sequence[Any], make_proposer: Callable[[int], Any], ex
     """Independent MCTS runs for voting (§2.9): run r uses a proposer made with seed
     `config.seed + r`. The reference seeds every run with 0, which correlates the runs
     (§2.4 quirk 8); here each run samples differently."""
-    n = int(num_runs if num_runs is not None else config.vote.num_runs)
-    return [search(problems, make_proposer(int(config.seed) + r), executor, config, scorer, **kw)
+    cfg = MCTSSettings.from_config(config)
+    n = int(num_runs if num_runs is not None else cfg.vote.num_runs)
+    return [search(problems, make_proposer(cfg.seed + r), executor, cfg, scorer, **kw)
             for r in range(n)]
 
 
