@@ -10,6 +10,7 @@ transformers or vLLM); a PPM also writes `value_head.safetensors` with the refer
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Callable, Mapping
 
@@ -21,8 +22,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from rstar_jax.models.config import Qwen2Config, resolve_dtype
-from rstar_jax.models.qwen2 import (Qwen2ForCausalLM, Qwen2PPM, ValueHead, layer_param_shapes,
-                                    params_of)
+from rstar_jax.models.qwen2 import (LAYER_PARAMS, LayerParam, Qwen2ForCausalLM, Qwen2PPM,
+                                    ValueHead, layer_param_shapes, params_of)
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -34,34 +35,28 @@ class CheckpointError(ValueError):
     """A checkpoint directory that cannot be loaded; the message names the file and tensor."""
 
 
-# ours <- HF, per layer: (HF name suffix, HF -> ours, ours -> HF). HF linear weights are
-# [out, in]; ours are [in, ...] with heads split out so sharding rules can name them.
-def _layer_map(cfg: Qwen2Config) -> dict[str, tuple[str, Callable, Callable]]:
-    d, h, g, dh = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+def _to_ours(hf: np.ndarray, p: LayerParam, shape: tuple[int, ...]) -> np.ndarray:
+    """A transformers layer tensor in our per-layer layout `shape` (axes of `p`).
 
-    def proj(heads):
-        return (lambda w: w.T.reshape(d, heads, dh), lambda x: x.reshape(d, heads * dh).T)
+    transformers stores linear weights as [out, in]; ours are [in..., out...] with heads
+    split out so the sharding rules can name them. Vectors only change shape.
+    """
+    return (hf.T if p.hf_in_axes else hf).reshape(shape)
 
-    def bias(heads):
-        return (lambda b: b.reshape(heads, dh), lambda x: x.reshape(heads * dh))
 
-    ident = (lambda w: w, lambda x: x)
-    transpose = (lambda w: w.T, lambda x: x.T)
-    return {
-        "attn_norm": ("input_layernorm.weight", *ident),
-        "q_kernel": ("self_attn.q_proj.weight", *proj(h)),
-        "q_bias": ("self_attn.q_proj.bias", *bias(h)),
-        "k_kernel": ("self_attn.k_proj.weight", *proj(g)),
-        "k_bias": ("self_attn.k_proj.bias", *bias(g)),
-        "v_kernel": ("self_attn.v_proj.weight", *proj(g)),
-        "v_bias": ("self_attn.v_proj.bias", *bias(g)),
-        "o_kernel": ("self_attn.o_proj.weight",
-                     lambda w: w.T.reshape(h, dh, d), lambda x: x.reshape(h * dh, d).T),
-        "mlp_norm": ("post_attention_layernorm.weight", *ident),
-        "gate_kernel": ("mlp.gate_proj.weight", *transpose),
-        "up_kernel": ("mlp.up_proj.weight", *transpose),
-        "down_kernel": ("mlp.down_proj.weight", *transpose),
-    }
+def _to_hf(ours: np.ndarray, p: LayerParam) -> np.ndarray:
+    """The inverse of `_to_ours`: [in..., out...] -> [out, in], vectors flattened."""
+    if not p.hf_in_axes:
+        return ours.reshape(-1)
+    n_in = math.prod(ours.shape[:p.hf_in_axes])
+    return ours.reshape(n_in, -1).T
+
+
+def _hf_shape(p: LayerParam, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if not p.hf_in_axes:
+        return (math.prod(shape),)
+    n_in = math.prod(shape[:p.hf_in_axes])
+    return (math.prod(shape) // n_in, n_in)
 
 
 class _TensorReader:
@@ -145,23 +140,16 @@ def _read_params(reader: _TensorReader, cfg: Qwen2Config, dtype, shardings: Mapp
         params["lm_head"] = place(("lm_head",), w.T)
     shapes = layer_param_shapes(cfg)
     layers = {}
-    for name, (suffix, to_ours, _) in _layer_map(cfg).items():
-        per_layer = []
+    for name, p in LAYER_PARAMS.items():
+        per_layer, shape = [], shapes[name][1:]
         for i in range(cfg.num_hidden_layers):
-            hf_name = f"model.layers.{i}.{suffix}"
-            w = reader.get(prefix + hf_name)
-            expected_hf = to_hf_shape(name, shapes[name][1:], cfg)
-            per_layer.append(to_ours(_checked(hf_name, w, expected_hf, src)))
+            hf_name = f"model.layers.{i}.{p.hf_name}"
+            w = _checked(hf_name, reader.get(prefix + hf_name), _hf_shape(p, shape), src)
+            per_layer.append(_to_ours(w, p, shape))
         layers[name] = place(("layers", name), np.stack(per_layer))
         del per_layer
     params["layers"] = layers
     return params
-
-
-def to_hf_shape(name: str, ours_shape: tuple, cfg: Qwen2Config) -> tuple:
-    """HF tensor shape of one layer's parameter from our per-layer shape."""
-    _, _, to_hf = _layer_map(cfg)[name]
-    return to_hf(np.empty(ours_shape, np.int8)).shape
 
 
 def _build(model_fn: Callable[[], nnx.Module], params: dict) -> nnx.Module:
@@ -252,10 +240,10 @@ def _hf_tensors(params: dict, cfg: Qwen2Config) -> dict[str, np.ndarray]:
            "model.norm.weight": _host(params["final_norm"])}
     if not cfg.tie_word_embeddings:
         out["lm_head.weight"] = _host(params["lm_head"]).T
-    for name, (suffix, _, to_hf) in _layer_map(cfg).items():
+    for name, p in LAYER_PARAMS.items():
         stacked = _host(params["layers"][name])
         for i in range(cfg.num_hidden_layers):
-            out[f"model.layers.{i}.{suffix}"] = to_hf(stacked[i])
+            out[f"model.layers.{i}.{p.hf_name}"] = _to_hf(stacked[i], p)
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 

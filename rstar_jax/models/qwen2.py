@@ -17,17 +17,16 @@ PPM: {"backbone": <the above>, "v_head": {"kernel": [D, 1], "bias": [1]}}.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rstar_jax.models import layers as L
+from rstar_jax.models import layers
 from rstar_jax.models.config import Qwen2Config, resolve_dtype
 
-LAYER_PARAM_NAMES = ("attn_norm", "q_kernel", "q_bias", "k_kernel", "k_bias", "v_kernel",
-                     "v_bias", "o_kernel", "mlp_norm", "gate_kernel", "up_kernel", "down_kernel")
 PPM_SCORE_SCALE = 5.0  # reference: search-time PPM score is tanh(v / 5) (rstar_reference §2.7)
 
 Constraint = Callable[[jax.Array, tuple], jax.Array]
@@ -38,15 +37,52 @@ def _no_constraint(x, logical_axes):
     return x
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerParam:
+    """One parameter of a decoder layer, the single description every part reads.
+
+    axes: logical axes of one layer's tensor (the stacked "layers" axis comes first in
+      the parameter dict); they name the sharding (sharding.py rules) and, through
+      `axis_sizes`, the shape.
+    hf_name: the transformers tensor under `model.layers.{i}.`.
+    hf_in_axes: for a linear weight, how many leading axes form transformers' input
+      dimension (its weight is [out, in]); 0 for vectors (norms, biases).
+    """
+
+    axes: tuple[str, ...]
+    hf_name: str
+    hf_in_axes: int = 0
+
+
+# The decoder layer, in transformers' order.
+LAYER_PARAMS: dict[str, LayerParam] = {
+    "attn_norm": LayerParam(("norm",), "input_layernorm.weight"),
+    "q_kernel": LayerParam(("embed", "heads", "head_dim"), "self_attn.q_proj.weight", 1),
+    "q_bias": LayerParam(("heads", "head_dim"), "self_attn.q_proj.bias"),
+    "k_kernel": LayerParam(("embed", "kv_heads", "head_dim"), "self_attn.k_proj.weight", 1),
+    "k_bias": LayerParam(("kv_heads", "head_dim"), "self_attn.k_proj.bias"),
+    "v_kernel": LayerParam(("embed", "kv_heads", "head_dim"), "self_attn.v_proj.weight", 1),
+    "v_bias": LayerParam(("kv_heads", "head_dim"), "self_attn.v_proj.bias"),
+    "o_kernel": LayerParam(("heads", "head_dim", "embed"), "self_attn.o_proj.weight", 2),
+    "mlp_norm": LayerParam(("norm",), "post_attention_layernorm.weight"),
+    "gate_kernel": LayerParam(("embed", "mlp"), "mlp.gate_proj.weight", 1),
+    "up_kernel": LayerParam(("embed", "mlp"), "mlp.up_proj.weight", 1),
+    "down_kernel": LayerParam(("mlp", "embed"), "mlp.down_proj.weight", 1),
+}
+
+
+def axis_sizes(cfg: Qwen2Config) -> dict[str, int]:
+    """Size of each logical parameter axis for a model config."""
+    return {"layers": cfg.num_hidden_layers, "embed": cfg.hidden_size, "norm": cfg.hidden_size,
+            "heads": cfg.num_attention_heads, "kv_heads": cfg.num_key_value_heads,
+            "head_dim": cfg.head_dim, "mlp": cfg.intermediate_size, "vocab": cfg.vocab_size}
+
+
 def layer_param_shapes(cfg: Qwen2Config) -> dict[str, tuple[int, ...]]:
-    n, d, h, g, dh, f = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads,
-                         cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size)
-    return {
-        "attn_norm": (n, d), "q_kernel": (n, d, h, dh), "q_bias": (n, h, dh),
-        "k_kernel": (n, d, g, dh), "k_bias": (n, g, dh), "v_kernel": (n, d, g, dh),
-        "v_bias": (n, g, dh), "o_kernel": (n, h, dh, d), "mlp_norm": (n, d),
-        "gate_kernel": (n, d, f), "up_kernel": (n, d, f), "down_kernel": (n, f, d),
-    }
+    """Stacked shape [L, ...] of every layer parameter."""
+    sizes = axis_sizes(cfg)
+    return {name: (sizes["layers"],) + tuple(sizes[a] for a in p.axes)
+            for name, p in LAYER_PARAMS.items()}
 
 
 class DecoderStack(nnx.Module):
@@ -182,14 +218,14 @@ def forward_hidden(params: dict, cfg: Qwen2Config, input_ids: jax.Array,
     b, t = input_ids.shape
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    impl = L.resolve_attention_impl(attention_impl, params["embed"].dtype)
+    impl = layers.resolve_attention_impl(attention_impl, params["embed"].dtype)
     if impl == "cudnn":
         lengths = None if attention_mask is None else jnp.sum(attention_mask, axis=1).astype(jnp.int32)
-        attend = lambda q, k, v: L.flash_causal_attention(q, k, v, lengths)  # noqa: E731
+        attend = lambda q, k, v: layers.flash_causal_attention(q, k, v, lengths)  # noqa: E731
     else:
-        mask = L.causal_mask(attention_mask, b, t)
-        attend = lambda q, k, v: L.grouped_attention(q, k, v, mask)  # noqa: E731
-    cos, sin = L.rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+        mask = layers.causal_mask(attention_mask, b, t)
+        attend = lambda q, k, v: layers.grouped_attention(q, k, v, mask)  # noqa: E731
+    cos, sin = layers.rope_tables(positions, cfg.head_dim, cfg.rope_theta)
     # The table is vocab-sharded for the LM head; gathering rows from it would make GSPMD
     # rebuild it implicitly ("involuntary full rematerialization"), so gather it on
     # purpose: replicated over vocab, still sharded over embed.
@@ -199,16 +235,16 @@ def forward_hidden(params: dict, cfg: Qwen2Config, input_ids: jax.Array,
     eps = cfg.rms_norm_eps
 
     def layer(h, p):
-        q, k, v = L.qkv_projection(p, L.rms_norm(h, p["attn_norm"], eps), cos, sin)
-        h = h + L.attention_output(p, attend(q, k, v))
-        h = h + L.swiglu_mlp(p, L.rms_norm(h, p["mlp_norm"], eps))
+        q, k, v = layers.qkv_projection(p, layers.rms_norm(h, p["attn_norm"], eps), cos, sin)
+        h = h + layers.attention_output(p, attend(q, k, v))
+        h = h + layers.swiglu_mlp(p, layers.rms_norm(h, p["mlp_norm"], eps))
         return constrain(h, ("batch", "length", "act_embed")), None
 
     policy = _remat_policy(remat)
     if policy is not None:
         layer = jax.checkpoint(layer, policy=policy)
     h, _ = jax.lax.scan(layer, h, params["layers"])
-    return L.rms_norm(h, params["final_norm"], eps)
+    return layers.rms_norm(h, params["final_norm"], eps)
 
 
 def lm_head_kernel(params: dict, cfg: Qwen2Config) -> jax.Array:

@@ -12,8 +12,9 @@ import math
 from typing import Mapping, Sequence
 
 import jax
-import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from rstar_jax.models.qwen2 import LAYER_PARAMS
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -36,23 +37,13 @@ DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
     "value": None,
 }
 
-# Logical axes of every parameter, by its leaf name (see qwen2.py's layout).
+# Logical axes of every parameter, by its leaf name (see qwen2.py's layout and its
+# LAYER_PARAMS table, which describes the decoder layer once for every part).
 PARAM_AXES: dict[str, tuple[str, ...]] = {
     "embed": ("vocab", "embed"),
     "lm_head": ("embed", "vocab"),
     "final_norm": ("norm",),
-    "attn_norm": ("layers", "norm"),
-    "mlp_norm": ("layers", "norm"),
-    "q_kernel": ("layers", "embed", "heads", "head_dim"),
-    "q_bias": ("layers", "heads", "head_dim"),
-    "k_kernel": ("layers", "embed", "kv_heads", "head_dim"),
-    "k_bias": ("layers", "kv_heads", "head_dim"),
-    "v_kernel": ("layers", "embed", "kv_heads", "head_dim"),
-    "v_bias": ("layers", "kv_heads", "head_dim"),
-    "o_kernel": ("layers", "heads", "head_dim", "embed"),
-    "gate_kernel": ("layers", "embed", "mlp"),
-    "up_kernel": ("layers", "embed", "mlp"),
-    "down_kernel": ("layers", "mlp", "embed"),
+    **{name: ("layers",) + p.axes for name, p in LAYER_PARAMS.items()},
     "kernel": ("embed", "value"),   # value head
     "bias": ("value",),
 }
@@ -141,13 +132,3 @@ def batch_sharding(mesh: Mesh, rank: int = 2, rules: Mapping | None = None,
     """Sharding of a [B, ...] input: batch over (data, fsdp), the rest replicated."""
     shape = None if batch_size is None else (batch_size,) + (1,) * (rank - 1)
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (rank - 1), shape, mesh, rules))
-
-
-def describe(params: dict) -> dict[str, str]:
-    """Human-readable sharding of each parameter, for logs and tests."""
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {jax.tree_util.keystr(p): str(getattr(x, "sharding", None)) for p, x in flat}
-
-
-def host_array(x) -> np.ndarray:
-    return np.asarray(jax.device_get(x))
