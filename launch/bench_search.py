@@ -60,12 +60,12 @@ def _level_inputs(rng, expanding, k, answer_rate):
 
 def run_jax(a):
     import jax
-    from rstar_jax.search import tree as T
+    from rstar_jax.search import tree as device_tree
 
     b, k = a.batch, a.children
     n = a.rollouts * a.depth * k + 1
     rng = np.random.default_rng(a.seed)
-    dev = T.init_tree(b, n, k)
+    dev = device_tree.init_tree(b, n, k)
     has_children = np.zeros((b, n), bool)
     num_nodes = np.ones(b, np.int64)
     live = np.ones(b, bool)
@@ -78,16 +78,16 @@ def run_jax(a):
         return out, time.perf_counter() - t0
 
     # Warm-up: compile both functions on a throw-away tree of the same shapes.
-    warm = T.init_tree(b, n, k)
-    warm, cur = T.select_step(warm, np.zeros(b, np.int32), live)
+    warm = device_tree.init_tree(b, n, k)
+    warm, cur = device_tree.select_step(warm, np.zeros(b, np.int32), live)
     ins = _level_inputs(rng, np.ones(b, bool), k, a.answer_rate)
-    warm, cur, _ = T.level_update(warm, np.asarray(cur), np.ones(b, bool), *ins,
+    warm, cur, _ = device_tree.level_update(warm, np.asarray(cur), np.ones(b, bool), *ins,
                                   max_path=a.depth + 2)
     jax.block_until_ready(cur)
     del warm
 
     for _ in range(a.rollouts):
-        (dev, cur), dt = timed(T.select_step, dev, np.zeros(b, np.int32), live)
+        (dev, cur), dt = timed(device_tree.select_step, dev, np.zeros(b, np.int32), live)
         select_times.append(dt)
         cur = np.asarray(cur)
         for _ in range(a.depth):
@@ -99,7 +99,7 @@ def run_jax(a):
             expanding = active & ~has_children[rows, safe] & (num_nodes + k <= n)
             ins = _level_inputs(rng, expanding, k, a.answer_rate)
             t0 = time.perf_counter()
-            dev, nxt, overflow = T.level_update(dev, cur.astype(np.int32), active, *ins,
+            dev, nxt, overflow = device_tree.level_update(dev, cur.astype(np.int32), active, *ins,
                                                 max_path=a.depth + 2)
             nxt = np.asarray(nxt)       # the host needs the selected nodes: part of the cost
             level_times.append(time.perf_counter() - t0)

@@ -77,7 +77,7 @@ def main(argv):
 
     from rstar_jax.models import Qwen2ForCausalLM, make_mesh, params_of
     from rstar_jax.models.sharding import param_shardings
-    from rstar_jax.train import steps as S
+    from rstar_jax.train import steps
     from rstar_jax.train.optim import make_optimizer
 
     cfg = model_config(_PRESET.value, _LAYERS.value)
@@ -88,7 +88,7 @@ def main(argv):
     optim = dict(learning_rate=7e-6, schedule="linear", warmup_steps=0, weight_decay=0.1,
                  b1=0.9, b2=0.999, eps=1e-8, max_grad_norm=1.0)
     optimizer, _ = make_optimizer(optim, total_steps=1000)
-    init, abstract_state, _ = S.jit_init_state(optimizer, abstract, mesh)
+    init, abstract_state, _ = steps.jit_init_state(optimizer, abstract, mesh)
     state = init(params)
     del params
 
@@ -96,10 +96,10 @@ def main(argv):
     shape = (_ACCUM.value, _MICRO.value, _SEQ.value)
     batch = {"input_ids": rng.integers(0, cfg.vocab_size, shape).astype(np.int32),
              "attention_mask": np.ones(shape, np.int32), "loss_mask": np.ones(shape, np.int32)}
-    factory = lambda c: functools.partial(S.sft_loss, cfg=cfg, compute_dtype=_DTYPE.value,  # noqa: E731
+    factory = lambda c: functools.partial(steps.sft_loss, cfg=cfg, compute_dtype=_DTYPE.value,  # noqa: E731
                                           remat=_REMAT.value and _REMAT_POLICY.value,
                                           constrain=c, attention_impl=_ATTN.value)
-    step, _, b_sh = S.jit_train_step(factory, optimizer, abstract_state, batch, mesh)
+    step, _, b_sh = steps.jit_train_step(factory, optimizer, abstract_state, batch, mesh)
     batch = jax.device_put(batch, b_sh)
 
     t0 = time.perf_counter()

@@ -30,13 +30,12 @@ FLAGS = define_training_flags("configs/train_ppm.py[:tiny]", "PPM pairs, JSONL",
 def main(argv):
     del argv
     quiet_logging()
-    from rstar_jax.models import load_ppm, load_tokenizer
+    from rstar_jax.models import load_ppm, load_tokenizer, mesh_from_config
     from rstar_jax.train import train_ppm
     from rstar_jax.train.data import read_jsonl
-    from rstar_jax.train.trainer import mesh_of
 
     config = FLAGS.config.value
-    mesh = mesh_of(config)
+    mesh = mesh_from_config(config.mesh)
     rows = read_jsonl(FLAGS.data.value)
     tokenizer = load_tokenizer(FLAGS.tokenizer.value or FLAGS.init.value)
     model = load_ppm(FLAGS.init.value, dtype="float32", mesh=mesh, remat=bool(config.remat),

@@ -71,7 +71,7 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
 
 def mesh_from_config(c: Mapping) -> Mesh:
     """From a config section with `data`, `fsdp`, `tensor` (configs/*.py `mesh`)."""
-    return make_mesh(int(c.get("data", -1)), int(c.get("fsdp", 1)), int(c.get("tensor", 1)))
+    return make_mesh(int(c["data"]), int(c["fsdp"]), int(c["tensor"]))
 
 
 def _axis_size(mesh: Mesh, axes) -> int:

@@ -12,20 +12,20 @@ from jax.sharding import Mesh
 
 from rstar_jax.models.hf_io import save_pretrained
 from rstar_jax.models.qwen2 import Qwen2PPM
-from rstar_jax.models.sharding import param_shardings
-from rstar_jax.train import data as D
-from rstar_jax.train import steps as S
-from rstar_jax.train import trainer as T
+from rstar_jax.models.sharding import mesh_from_config, param_shardings
+from rstar_jax.train import data as train_data
+from rstar_jax.train import steps
+from rstar_jax.train import trainer
 from rstar_jax.train.sft import pad_id_of, remat_of
 
 
 def _loss_kwargs(config, cfg) -> dict:
     return dict(cfg=cfg, compute_dtype=config.compute_dtype, remat=remat_of(config),
-                attention_impl=config.get("attention_impl", "xla"),
+                attention_impl=config.attention_impl,
                 reduction=config.loss_reduction, sum_group_size=int(config.sum_group_size))
 
 
-def make_evaluator(config, cfg, pairs: Sequence[D.PairExample], pad_id: int, mesh: Mesh):
+def make_evaluator(config, cfg, pairs: Sequence[train_data.PairExample], pad_id: int, mesh: Mesh):
     """`evaluate(params) -> {eval_accuracy, eval_loss, eval_pairs}` on held-out pairs.
 
     Accuracy is mean(r_pos > r_neg), the reference's eval metric; eval_loss is the
@@ -34,24 +34,24 @@ def make_evaluator(config, cfg, pairs: Sequence[D.PairExample], pad_id: int, mes
     if not pairs:
         return None
     bs = int(config.eval_batch_size)
-    plan = D.BatchPlan(len(pairs), bs, bs, 1, 0)
+    plan = train_data.BatchPlan(len(pairs), bs, bs, 1, 0)
     chunks = [np.arange(i, min(i + bs, len(pairs))) for i in range(0, len(pairs), bs)]
     buckets = tuple(config.bucket_lengths)
     kw = {**_loss_kwargs(config, cfg), "reduction": "mean"}
     fn = None
 
     def one(params, batch):
-        num, aux = S.ppm_loss(params, jax.tree.map(lambda x: x[0], batch), None, **kw)
+        num, aux = steps.ppm_loss(params, jax.tree.map(lambda x: x[0], batch), None, **kw)
         return {**aux, "numerator": num}
 
     def evaluate(params):
         nonlocal fn
         sums = {}
         for rows in chunks:
-            batch = D.pair_batch(pairs, rows, plan, buckets, pad_id)
+            batch = train_data.pair_batch(pairs, rows, plan, buckets, pad_id)
             if fn is None:
                 fn = jax.jit(one, in_shardings=(param_shardings(params, mesh),
-                                                S.batch_shardings(batch, mesh)))
+                                                steps.batch_shardings(batch, mesh)))
             for k, v in jax.device_get(fn(params, batch)).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         return {"eval_accuracy": sums["correct"] / sums["pairs"],
@@ -60,25 +60,25 @@ def make_evaluator(config, cfg, pairs: Sequence[D.PairExample], pad_id: int, mes
     return evaluate
 
 
-def ppm_task(config, cfg, rows: Sequence[dict], tokenizer, mesh: Mesh) -> T.Task:
+def ppm_task(config, cfg, rows: Sequence[dict], tokenizer, mesh: Mesh) -> trainer.Task:
     """Held-out split, tokenized pairs, batch plan, loss and evaluator as a trainer task."""
-    pairs = D.tokenize_pairs(rows, tokenizer, int(config.max_length), vocab_size=cfg.vocab_size)
-    train_idx, held_idx = D.split_holdout(len(pairs), float(config.holdout_fraction),
+    pairs = train_data.tokenize_pairs(rows, tokenizer, int(config.max_length), vocab_size=cfg.vocab_size)
+    train_idx, held_idx = train_data.split_holdout(len(pairs), float(config.holdout_fraction),
                                           int(config.holdout_seed))
     train = [pairs[i] for i in train_idx]
     held = [pairs[i] for i in held_idx]
-    plan = D.BatchPlan(len(train), int(config.batch_size), int(config.micro_batch_size),
+    plan = train_data.BatchPlan(len(train), int(config.batch_size), int(config.micro_batch_size),
                        int(config.epochs), int(config.data_seed))
     buckets, pad = tuple(config.bucket_lengths), pad_id_of(tokenizer)
 
     def loss_factory(constrain):
-        return functools.partial(S.ppm_loss, dropout=float(config.value_head_dropout),
+        return functools.partial(steps.ppm_loss, dropout=float(config.value_head_dropout),
                                  constrain=constrain, **_loss_kwargs(config, cfg))
 
-    return T.Task(name="ppm", plan=plan,
-                  make_batch=lambda step: D.pair_batch(train, plan.rows_of_step(step), plan,
+    return trainer.Task(name="ppm", plan=plan,
+                  make_batch=lambda step: train_data.pair_batch(train, plan.rows_of_step(step), plan,
                                                        buckets, pad),
-                  loss_factory=loss_factory, data_fingerprint=D.fingerprint(rows),
+                  loss_factory=loss_factory, data_fingerprint=train_data.fingerprint(rows),
                   evaluate=make_evaluator(config, cfg, held, pad, mesh))
 
 
@@ -91,11 +91,11 @@ def train_ppm(config, model: Qwen2PPM, rows: Sequence[dict], tokenizer,
     `load_ppm(policy_dir, init_value_head_seed=...)`): the reference re-initialises the
     PPM from the policy each round (§4.5).
     """
-    T.check_config(config)
-    mesh = mesh or T.mesh_of(config)
+    trainer.check_config(config)
+    mesh = mesh or mesh_from_config(config.mesh)
     task = ppm_task(config, model.cfg, rows, tokenizer, mesh)
-    params = T.fit(config, task, T.master_params(model, mesh), out_dir, mesh=mesh,
+    params = trainer.fit(config, task, trainer.master_params(model, mesh), out_dir, mesh=mesh,
                    progress=progress)
-    T.set_params(model, params, config.export_dtype)
+    trainer.set_params(model, params, config.export_dtype)
     save_pretrained(model, os.path.join(os.fspath(out_dir), "ppm"), tokenizer=tokenizer)
     return model

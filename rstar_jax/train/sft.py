@@ -11,14 +11,15 @@ from jax.sharding import Mesh
 
 from rstar_jax.models.hf_io import save_pretrained
 from rstar_jax.models.qwen2 import Qwen2ForCausalLM
-from rstar_jax.train import data as D
-from rstar_jax.train import steps as S
-from rstar_jax.train import trainer as T
+from rstar_jax.models.sharding import mesh_from_config
+from rstar_jax.train import data as train_data
+from rstar_jax.train import steps
+from rstar_jax.train import trainer
 
 
 def remat_of(config):
     """False, or the remat policy name ("full" / "dots") when config.remat is on."""
-    return config.get("remat_policy", "full") if config.remat else False
+    return config.remat_policy if config.remat else False
 
 
 def pad_id_of(tokenizer) -> int:
@@ -27,26 +28,26 @@ def pad_id_of(tokenizer) -> int:
     return int(pid if pid is not None else tokenizer.eos_token_id)
 
 
-def sft_task(config, cfg, rows: Sequence[dict], tokenizer) -> T.Task:
+def sft_task(config, cfg, rows: Sequence[dict], tokenizer) -> trainer.Task:
     """Tokenized rows, their batch plan and the SFT loss, as a trainer task."""
-    examples, dropped = D.tokenize_sft(rows, tokenizer, int(config.max_length),
+    examples, dropped = train_data.tokenize_sft(rows, tokenizer, int(config.max_length),
                                        vocab_size=cfg.vocab_size)
     if dropped:
         logging.warning("SFT: %d of %d rows have no response token within max_length=%d; "
                         "dropped", dropped, len(rows), config.max_length)
-    plan = D.BatchPlan(len(examples), int(config.batch_size), int(config.micro_batch_size),
+    plan = train_data.BatchPlan(len(examples), int(config.batch_size), int(config.micro_batch_size),
                        int(config.epochs), int(config.data_seed))
     buckets, pad = tuple(config.bucket_lengths), pad_id_of(tokenizer)
 
     def loss_factory(constrain):
-        return functools.partial(S.sft_loss, cfg=cfg, compute_dtype=config.compute_dtype,
+        return functools.partial(steps.sft_loss, cfg=cfg, compute_dtype=config.compute_dtype,
                                  remat=remat_of(config), constrain=constrain,
-                                 attention_impl=config.get("attention_impl", "xla"))
+                                 attention_impl=config.attention_impl)
 
-    return T.Task(name="sft", plan=plan,
-                  make_batch=lambda step: D.sft_batch(examples, plan.rows_of_step(step), plan,
+    return trainer.Task(name="sft", plan=plan,
+                  make_batch=lambda step: train_data.sft_batch(examples, plan.rows_of_step(step), plan,
                                                       buckets, pad),
-                  loss_factory=loss_factory, data_fingerprint=D.fingerprint(rows))
+                  loss_factory=loss_factory, data_fingerprint=train_data.fingerprint(rows))
 
 
 def train_sft(config, model: Qwen2ForCausalLM, rows: Sequence[dict], tokenizer,
@@ -54,11 +55,11 @@ def train_sft(config, model: Qwen2ForCausalLM, rows: Sequence[dict], tokenizer,
               progress: bool = True) -> Qwen2ForCausalLM:
     """Fine-tune `model` on SFT rows; the trained policy is also written (HF layout) to
     `out_dir/policy` in `config.export_dtype`. Reruns resume from `out_dir/checkpoints`."""
-    T.check_config(config)
-    mesh = mesh or T.mesh_of(config)
+    trainer.check_config(config)
+    mesh = mesh or mesh_from_config(config.mesh)
     task = sft_task(config, model.cfg, rows, tokenizer)
-    params = T.fit(config, task, T.master_params(model, mesh), out_dir, mesh=mesh,
+    params = trainer.fit(config, task, trainer.master_params(model, mesh), out_dir, mesh=mesh,
                    progress=progress)
-    T.set_params(model, params, config.export_dtype)
+    trainer.set_params(model, params, config.export_dtype)
     save_pretrained(model, os.path.join(os.fspath(out_dir), "policy"), tokenizer=tokenizer)
     return model

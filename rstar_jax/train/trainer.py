@@ -13,8 +13,8 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from rstar_jax.models.sharding import make_mesh
-from rstar_jax.train import steps as S
+from rstar_jax.models.sharding import mesh_from_config
+from rstar_jax.train import steps
 from rstar_jax.train.checkpoint import Checkpoints
 from rstar_jax.train.data import BatchPlan
 from rstar_jax.train.metrics import MetricsLog
@@ -28,14 +28,9 @@ class Task:
     name: str                                   # "sft" or "ppm": names files and metrics
     plan: BatchPlan
     make_batch: Callable[[int], dict]           # step -> global batch of [A, M, ...] arrays
-    loss_factory: Callable[..., S.LossFn]       # constrain -> loss_fn
+    loss_factory: Callable[..., steps.LossFn]       # constrain -> loss_fn
     data_fingerprint: str
     evaluate: Callable[[dict], dict] | None = None   # params -> metrics (held-out set)
-
-
-def mesh_of(config) -> Mesh:
-    m = config.mesh
-    return make_mesh(int(m.data), int(m.fsdp), int(m.tensor))
 
 
 def total_steps_of(config, plan: BatchPlan) -> int:
@@ -52,13 +47,13 @@ def fit(config, task: Task, params: dict, out_dir: str | os.PathLike, *,
     `out_dir/metrics_<task>.jsonl`.
     """
     out_dir = os.fspath(out_dir)
-    mesh = mesh or mesh_of(config)
+    mesh = mesh or mesh_from_config(config.mesh)
     plan = task.plan
     # The schedule always spans the full run, so max_steps only stops it early.
     optimizer, schedule = make_optimizer(config.optim, plan.total_steps)
     last = total_steps_of(config, plan)
     abstract_params = jax.eval_shape(lambda: params)
-    init_fn, abstract_state, st_sh = S.jit_init_state(optimizer, abstract_params, mesh)
+    init_fn, abstract_state, st_sh = steps.jit_init_state(optimizer, abstract_params, mesh)
 
     ckpts = Checkpoints(os.path.join(out_dir, "checkpoints"),
                         save_every=int(config.checkpoint.save_every),
@@ -95,7 +90,7 @@ def fit(config, task: Task, params: dict, out_dir: str | os.PathLike, *,
     for step in range(start, last):
         batch = task.make_batch(step)
         if step_fn is None:
-            step_fn, _, _ = S.jit_train_step(task.loss_factory, optimizer, abstract_state,
+            step_fn, _, _ = steps.jit_train_step(task.loss_factory, optimizer, abstract_state,
                                              batch, mesh, seed=int(config.seed))
         state, metrics = step_fn(state, batch)
         tokens_since += real_tokens(batch)
@@ -132,7 +127,7 @@ def real_tokens(batch: Mapping) -> float:
 def set_params(model: nnx.Module, params: dict, dtype=None) -> nnx.Module:
     """Put pure params (optionally cast, e.g. to the export dtype) into an NNX model."""
     if dtype is not None:
-        params = S.cast_floats(params, dtype)
+        params = steps.cast_floats(params, dtype)
     state = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(model, state)
@@ -143,7 +138,7 @@ def master_params(model: nnx.Module, mesh: Mesh) -> dict:
     """The model's params as fp32 master weights placed on the mesh."""
     from rstar_jax.models.sharding import shard_params
     from rstar_jax.models.qwen2 import params_of
-    return shard_params(S.cast_floats(params_of(model), "float32"), mesh)
+    return shard_params(steps.cast_floats(params_of(model), "float32"), mesh)
 
 
 def check_config(config: Mapping) -> None:
