@@ -39,14 +39,15 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # Prefill batches are padded to multiples of these to bound recompiles.
     c.prefill_len_bucket = 128
     c.prefill_batch = 16
-    # Sampling defaults of the reference's SamplingParams (§2.2): top_p=1.0, top_k=-1.
-    c.temperature = 1.0
+    # Sampling defaults of the reference's SamplingParams (§2.2): top_p=1.0, top_k=-1. The
+    # temperature is the search mode's (configs/search.py), as in the reference's yamls.
     c.top_p = 1.0
     c.top_k = -1
     c.seed = 0           # per-request seeds are derived from this and the request index
     c.dtype = "bfloat16"
-    # Stop strings: the reference's search stop list (sft_sample_mcts.yaml, §2.8); round 1
-    # adds <end_of_output>. Each must be a single special token of the tokenizer.
+    # Default stop strings for requests that name none: the reference's search stop list
+    # (sft_sample_mcts.yaml, §2.8). Each search mode passes its own list
+    # (configs/search.py stop_tags). Each must be a single special token of the tokenizer.
     c.stop_tags = ("<end_of_step>", "<end_of_code>", "<end_of_answer>")
     c.stop_on_eos = True
     # PPM scoring pads prompts to a power-of-two length >= this (bounded recompiles).

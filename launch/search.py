@@ -22,27 +22,54 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from rstar_jax.train.cli import quiet_logging  # noqa: E402
+from rstar_jax import cli  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_SEARCH = config_flags.DEFINE_config_file(
-    "search_config", os.path.join(_ROOT, "configs/search.py"), "configs/search.py[:preset]")
-_ENGINE = config_flags.DEFINE_config_file(
-    "engine_config", os.path.join(_ROOT, "configs/engine.py"), "configs/engine.py[:preset]")
-_POLICY = flags.DEFINE_string("policy", None, "Hugging Face policy directory", required=True)
+with cli.config_flag_errors():
+    _SEARCH = config_flags.DEFINE_config_file(
+        "search_config", os.path.join(_ROOT, "configs/search.py"), "configs/search.py[:preset]")
+    _ENGINE = config_flags.DEFINE_config_file(
+        "engine_config", os.path.join(_ROOT, "configs/engine.py"), "configs/engine.py[:preset]")
+_POLICY = flags.DEFINE_string("policy", None, "Hugging Face policy directory")
 _PPM = flags.DEFINE_string("ppm", None, "PPM directory (save_pretrained with a value head)")
-_PROBLEMS = flags.DEFINE_string("problems", None, "benchmark name or .json/.jsonl file",
-                                required=True)
-_LIMIT = flags.DEFINE_integer("limit", None, "only the first N problems")
-_OUT = flags.DEFINE_string("out", None, "trees JSONL (appended, resumable)", required=True)
+_PROBLEMS = flags.DEFINE_string("problems", None, "benchmark name or .json/.jsonl file")
+_LIMIT = flags.DEFINE_integer("limit", None, "only the first N problems", lower_bound=1)
+_OUT = flags.DEFINE_string("out", None, "trees JSONL (appended, resumable)")
 _MODE = flags.DEFINE_enum("mode", "mcts", ["mcts", "beam", "greedy"], "search algorithm")
 _WORKERS = flags.DEFINE_integer("executor_workers", max(1, (os.cpu_count() or 2) - 1),
-                                "sandboxed Python worker processes")
+                                "sandboxed Python worker processes", lower_bound=1)
 _EXEC_TIMEOUT = flags.DEFINE_float("executor_timeout_s", 30.0,
-                                   "per-program limit (the reference's python tool: 30 s)")
+                                   "per-program limit (the reference's python tool: 30 s)",
+                                   lower_bound=0.01)
+
+
+def validate(search_cfg, engine_cfg, *, policy: str | None, ppm: str | None,
+             problems: str | None, limit: int | None, out: str | None, mode: str):
+    """Every input checked before a model is loaded: (settings, problems, paths)."""
+    from rstar_jax.data.benchmarks import load_benchmark
+    from rstar_jax.engine.settings import check_engine_config
+    from rstar_jax.search.settings import MCTSSettings
+
+    with cli.validating():
+        settings = MCTSSettings.from_config(search_cfg, "--search_config")
+        check_engine_config(engine_cfg, "--engine_config")
+    policy = cli.check_dir(policy, "policy", must_contain=("config.json",),
+                           what="Hugging Face policy directory")
+    if ppm:
+        ppm = cli.check_dir(ppm, "ppm", must_contain=("config.json",), what="PPM directory")
+    if not problems:
+        raise cli.UsageError("--problems is required (a benchmark name or a .json/.jsonl file)")
+    probs = load_benchmark(problems, limit=limit)
+    if not probs:
+        raise cli.UsageError(f"--problems {problems}: no problems in it")
+    if settings.terminal_guided and mode == "mcts" and not all(p.has_answer for p in probs):
+        raise cli.UsageError(f"--problems {problems}: terminal-guided search needs a gold answer "
+                             "for every problem; use an evaluation preset (terminal_guided=False)")
+    out = cli.check_writable_parent(out, "out")
+    return settings, probs, policy, ppm, out
 
 
 def build(policy_dir: str, ppm_dir: str | None, engine_cfg):
@@ -74,13 +101,12 @@ def run(search_cfg, engine_cfg, *, policy: str, ppm: str | None, problems: str,
         limit: int | None, out: str, mode: str, workers: int, exec_timeout_s: float,
         progress: bool = True) -> dict:
     """Search every problem and return the summary that the CLI prints."""
-    from rstar_jax.data.benchmarks import load_benchmark
     from rstar_jax.search import answers, beam, mcts
     from rstar_jax.verify.executor import PythonExecutor
 
-    probs = load_benchmark(problems, limit=limit)
-    if not probs:
-        raise ValueError(f"--problems {problems}: no problems to search")
+    search_cfg, probs, policy, ppm, out = validate(
+        search_cfg, engine_cfg, policy=policy, ppm=ppm, problems=problems, limit=limit,
+        out=out, mode=mode)
     proposer, scorer, _ = build(policy, ppm, engine_cfg)
     t0 = time.perf_counter()
     with PythonExecutor(workers, timeout_s=exec_timeout_s) as executor:
@@ -105,8 +131,9 @@ def run(search_cfg, engine_cfg, *, policy: str, ppm: str | None, problems: str,
 
 
 def main(argv):
-    del argv
-    quiet_logging()
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments {argv[1:]}; every input is a --flag")
+    cli.setup_command()
     summary = run(_SEARCH.value, _ENGINE.value, policy=_POLICY.value, ppm=_PPM.value,
                   problems=_PROBLEMS.value, limit=_LIMIT.value, out=_OUT.value,
                   mode=_MODE.value, workers=_WORKERS.value,
@@ -115,4 +142,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -69,6 +69,39 @@ def sft_prompt_response(row: dict, i: int = 0, source: str = "SFT data") -> tupl
     raise KeyError(f"{source} row {i}: needs 'prompt' (or 'query'/'question'), has {sorted(row)}")
 
 
+def check_sft_rows(rows: Sequence, source: str) -> None:
+    """Every row is an object with a text `response` and a text prompt (`prompt`, or the
+    reference's `query` / a `question`); errors name the file and row."""
+    if not rows:
+        raise ValueError(f"{source}: no rows")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{source} row {i}: expected a JSON object, got {type(row).__name__}")
+        prompt, response = sft_prompt_response(row, i, source)
+        if not isinstance(prompt, str) or not isinstance(response, str):
+            raise ValueError(f"{source} row {i}: prompt/query and response must be strings")
+
+
+def check_pair_rows(rows: Sequence, source: str) -> None:
+    """Every row has text `prompt`, `pos`, `neg` and integer counts (the reference's
+    sample_rm_data.py records); errors name the file and row."""
+    if not rows:
+        raise ValueError(f"{source}: no rows")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{source} row {i}: expected a JSON object, got {type(row).__name__}")
+        for name in ("prompt", "pos", "neg"):
+            if not isinstance(_field(row, name, i, source), str):
+                raise ValueError(f"{source} row {i}: field {name!r} must be a string")
+        counts = [_field(row, name, i, source) for name in ("pos_count", "neg_count")]
+        if any(isinstance(c, bool) or not isinstance(c, int) for c in counts):
+            raise ValueError(f"{source} row {i}: pos_count and neg_count must be integers")
+        try:
+            pair_weight(*counts)
+        except ValueError as e:
+            raise ValueError(f"{source} row {i}: {e}") from e
+
+
 def pair_weight(pos_count: int, neg_count: int) -> float:
     """Reference per-pair loss factor (train/rm.py, §4.5): 1/(pos*neg), or 1/(pos+neg) if one is 0."""
     if pos_count < 0 or neg_count < 0 or pos_count + neg_count == 0:

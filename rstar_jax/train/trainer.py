@@ -141,13 +141,35 @@ def master_params(model: nnx.Module, mesh: Mesh) -> dict:
     return shard_params(steps.cast_floats(params_of(model), "float32"), mesh)
 
 
-def check_config(config: Mapping) -> None:
-    """Fail early, naming the option, on settings the loop cannot run with."""
+def check_config(config: Mapping, where: str = "config") -> None:
+    """Fail early, naming the field, on settings the loop cannot run with (before any
+    model is loaded)."""
+    def at_least(name: str, value, low) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+            raise ValueError(f"{where}.{name} must be a number >= {low}, got {value!r}")
+
+    for name in ("epochs", "batch_size", "micro_batch_size", "max_length", "log_every"):
+        at_least(name, config[name], 1)
     if config.compute_dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}")
+        raise ValueError(f"{where}.compute_dtype must be 'float32' or 'bfloat16', "
+                         f"got {config.compute_dtype!r}")
+    if config.export_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"{where}.export_dtype must be 'float32' or 'bfloat16', "
+                         f"got {config.export_dtype!r}")
+    if config.attention_impl not in ("auto", "xla", "cudnn"):
+        raise ValueError(f"{where}.attention_impl must be 'auto', 'xla' or 'cudnn', "
+                         f"got {config.attention_impl!r}")
+    if config.remat_policy not in ("full", "dots"):
+        raise ValueError(f"{where}.remat_policy must be 'full' or 'dots', got {config.remat_policy!r}")
     if config.batch_size % config.micro_batch_size:
-        raise ValueError(f"batch_size ({config.batch_size}) must be a multiple of "
-                         f"micro_batch_size ({config.micro_batch_size})")
+        raise ValueError(f"{where}.batch_size ({config.batch_size}) must be a multiple of "
+                         f"{where}.micro_batch_size ({config.micro_batch_size})")
     if max(config.bucket_lengths) < config.max_length:
-        raise ValueError(f"bucket_lengths {tuple(config.bucket_lengths)} must include "
+        raise ValueError(f"{where}.bucket_lengths {tuple(config.bucket_lengths)} must include "
                          f"max_length ({config.max_length})")
+    at_least("optim.learning_rate", config.optim.learning_rate, 0)
+    if config.optim.learning_rate <= 0:
+        raise ValueError(f"{where}.optim.learning_rate must be > 0, got {config.optim.learning_rate}")
+    at_least("optim.warmup_steps", config.optim.warmup_steps, 0)
+    at_least("checkpoint.save_every", config.checkpoint.save_every, 1)
+    at_least("checkpoint.keep", config.checkpoint.keep, 1)
