@@ -19,7 +19,7 @@ _ARCH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_la
                 "num_attention_heads", "num_key_value_heads", "rope_theta", "rms_norm_eps",
                 "tie_word_embeddings", "max_position_embeddings", "head_dim")
 
-PRESETS = ("tiny", "qwen2.5-math-1.5b", "qwen2.5-math-7b")
+PRESETS = ("tiny", "tiny-evolve", "qwen2.5-math-1.5b", "qwen2.5-math-7b")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -44,6 +44,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.hidden_size = 64
         c.intermediate_size = 128
         c.num_hidden_layers = 2
+        c.num_attention_heads = 4
+        c.num_key_value_heads = 2
+        c.tie_word_embeddings = True
+        c.max_position_embeddings = 1024
+        c.dtype = "float32"
+    elif arg == "tiny-evolve":
+        # The embedded self-evolution default (configs/tiny.py): ~0.85M parameters, the
+        # size at which a probe on this CPU learned multi-term sums in minutes.
+        c.vocab_size = 512
+        c.hidden_size = 128
+        c.intermediate_size = 384
+        c.num_hidden_layers = 4
         c.num_attention_heads = 4
         c.num_key_value_heads = 2
         c.tie_word_embeddings = True

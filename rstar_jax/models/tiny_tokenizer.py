@@ -8,6 +8,7 @@ merges learned from math-flavoured text so sequences stay short.
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 from rstar_jax.step_format import SPECIAL_TOKENS
 
@@ -29,19 +30,28 @@ _CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(save_dir: str | os.PathLike | None = None, vocab_size: int = 512):
-    """A `PreTrainedTokenizerFast` with the step tags, EOS and PAD as special tokens."""
+def build_tiny_tokenizer(save_dir: str | os.PathLike | None = None, vocab_size: int = 512, *,
+                         extra_corpus: Sequence[str] = (), split_digits: bool = False):
+    """A `PreTrainedTokenizerFast` with the step tags, EOS and PAD as special tokens.
+
+    `extra_corpus` adds text to learn merges from (the tiny self-evolution run passes its
+    problems and solutions, so its sequences stay short); `split_digits` makes every
+    digit its own token, which a tiny model copies and computes with more easily.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = [EOS, PAD, *SPECIAL_TOKENS]
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                  byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(_CORPUS * 4 + list(extra_corpus), trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD,
                                    additional_special_tokens=list(SPECIAL_TOKENS))
     if save_dir is not None:

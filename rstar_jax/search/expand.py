@@ -67,10 +67,14 @@ def code_history(tree: SearchTree, parent: int) -> list[str]:
 
 
 def pending_children(tree: SearchTree, row: int, parent: int, proposals: Sequence[str],
-                     answer_fn: Callable[[str], str]) -> list[PendingChild]:
-    """Classify filtered proposals: "boxed" steps are answers, everything else is code (§3.3)."""
+                     answer_fn: Callable[[str], str], *, dedupe: bool = True) -> list[PendingChild]:
+    """Classify proposals: "boxed" steps are answers, everything else is code (§3.3).
+
+    The search filters them first (`filter_proposals`); independent samples of whole
+    solutions (`search.sampling`) keep every one (`dedupe=False`).
+    """
     out = []
-    for text in filter_proposals(proposals):
+    for text in (filter_proposals(proposals) if dedupe else proposals):
         if sf.is_answer_step(text):
             out.append(PendingChild(row, parent, text, answer_fn(text), None))
         else:
