@@ -19,11 +19,15 @@ def get_config():
     c.eval.search.num_rollouts = 4
     c.eval.search.num_children = 2
     del c.rounds["round4"]
-    for r in c.rounds.values():
+    for k, r in enumerate(c.rounds.values(), start=1):
+        # Round 1 searches in small chunks and saves training checkpoints often, so the
+        # resume test can kill it mid-search and mid-training.
+        r.search.batch_size = 10 if k == 1 else 1000
+        r.sft.checkpoint.save_every = 2 if k == 1 else 100
         r.search.num_rollouts = 2
         r.search.num_children = 2
         r.search.max_depth = 8
-        r.sft.epochs = 2
+        r.sft.epochs = 4 if k == 1 else 2
         r.sft.batch_size = 16
         r.sft.micro_batch_size = 16
         r.sft.log_every = 5

@@ -9,7 +9,16 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
+ALL_NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
+
+
+def needs_workdir(path):
+    """Notebooks that open a self-evolution workdir run in tests/test_evolve_smoke.py."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("metadata", {}).get("rstar", {}).get("needs_workdir", False)
+
+
+NOTEBOOKS = [p for p in ALL_NOTEBOOKS if not needs_workdir(p)]
 
 
 def code_of(path):
