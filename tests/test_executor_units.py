@@ -74,6 +74,8 @@ def _run_bpf(prog, nr, arch_tag, args=(0,) * 6):
 
 ALLOW = 0x7FFF0000
 EPERM = 0x00050000 | errno.EPERM
+EACCES = 0x00050000 | errno.EACCES
+ESRCH = 0x00050000 | errno.ESRCH
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
@@ -92,7 +94,7 @@ def test_seccomp_filter_decisions(arch):
     assert run("kill", pid + 1, 9) == EPERM
     assert run("tgkill", pid, pid, 11) == ALLOW
     assert run("tgkill", 1, 1, 9) == EPERM
-    assert run("socket", 1, 1) == ALLOW                         # AF_UNIX
+    assert run("socket", 1, 1) == EACCES                        # AF_UNIX too
     assert run("socket", 2, 1) == 0x00050000 | errno.EACCES     # AF_INET
     assert run("execve") == EPERM
     assert run("ptrace") == EPERM
@@ -101,6 +103,60 @@ def test_seccomp_filter_decisions(arch):
     if arch == "x86_64":
         assert run("fork") == EPERM and run("vfork") == EPERM
         assert _run_bpf(prog, 0x40000000 | 57, tag) == EPERM    # x32 alias of fork
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_seccomp_filter_keeps_other_processes_and_outside_metadata_out_of_reach(arch):
+    pid = 4242
+    prog = sandbox.build_seccomp_filter(arch, pid)
+    tag = sandbox._AUDIT_ARCH[arch]
+    nr = sandbox._SYSCALLS[arch]
+    run = lambda name, *args: _run_bpf(prog, nr[name], tag, args + (0,) * (6 - len(args)))
+    rlimit_cpu, rlimit_nofile = 0, 7
+    # limits, scheduling and priorities: the caller's own only
+    assert run("prlimit64", 0, rlimit_cpu) == ALLOW
+    assert run("prlimit64", pid, rlimit_nofile) == ALLOW
+    assert run("prlimit64", 1, rlimit_cpu) == EPERM
+    assert run("prlimit64", pid + 1, rlimit_nofile) == EPERM
+    for name in ("sched_setaffinity", "sched_setscheduler", "sched_setparam", "setpgid"):
+        assert run(name, 0) == ALLOW and run(name, pid + 1) == EPERM, name
+    for name in ("sched_getaffinity", "getpgid", "getsid", "sched_getscheduler"):
+        assert run(name, pid) == ALLOW and run(name, 1) == ESRCH, name
+    assert run("setpriority", 0, 0, 10) == ALLOW                # PRIO_PROCESS, self
+    assert run("setpriority", 0, 1, 10) == EPERM                # another process
+    assert run("setpriority", 2, 0, 10) == EPERM                # PRIO_USER: every process
+    assert run("getppid") == 0x00050000                         # answers 0
+    # prctl: read-only options and naming allowed; the death signal and friends not
+    assert run("prctl", 16) == ALLOW and run("prctl", 15) == ALLOW  # PR_GET/SET_NAME
+    assert run("prctl", 0x53564D41) == ALLOW                    # PR_SET_VMA
+    for option in (1, 4, 22, 35, 36, 0x59616D61):  # PDEATHSIG, DUMPABLE, SECCOMP, MM,
+        assert run("prctl", option) == EPERM, option  # CHILD_SUBREAPER, PTRACER
+    # metadata: the whole chmod/chown/utime/xattr family, everywhere
+    for name in ("fchmod", "fchmodat", "fchmodat2", "fchown", "fchownat", "utimensat",
+                 "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr",
+                 "fremovexattr", "setxattrat", "removexattrat", "file_setattr"):
+        assert run(name) == EPERM, name
+    if arch == "x86_64":
+        for name in ("chmod", "chown", "lchown", "utime", "utimes", "futimesat"):
+            assert run(name) == EPERM, name
+    assert run("ioctl", 3, 0x40086602) == EPERM                 # FS_IOC_SETFLAGS
+    assert run("ioctl", 3, 0x5401) == ALLOW                     # TCGETS
+    assert run("fcntl", 3, 8, pid + 1) == EPERM                 # F_SETOWN elsewhere
+    assert run("fcntl", 3, 8, pid) == ALLOW and run("fcntl", 3, 1) == ALLOW
+    # sockets: none; only a connected AF_UNIX stream pair (sendto cannot redirect it)
+    for family in (1, 2, 10, 16, 17):
+        assert run("socket", family, 1) == EACCES, family
+    assert run("socketpair", 1, 1 | 0x80000) == ALLOW           # SOCK_STREAM|CLOEXEC
+    assert run("socketpair", 1, 2) == EACCES                    # SOCK_DGRAM
+    assert run("socketpair", 1, 5) == EACCES                    # SOCK_SEQPACKET
+    assert run("socketpair", 2, 1) == EACCES
+
+
+def test_seccomp_filter_in_a_pid_one_process_still_refuses_kill_minus_one():
+    prog = sandbox.build_seccomp_filter("x86_64", 1)
+    tag, nr = sandbox._AUDIT_ARCH["x86_64"], sandbox._SYSCALLS["x86_64"]
+    assert _run_bpf(prog, nr["kill"], tag, (-1, 9, 0, 0, 0, 0)) == EPERM
+    assert _run_bpf(prog, nr["kill"], tag, (1, 9, 0, 0, 0, 0)) == ALLOW
 
 
 def test_seccomp_filter_fits_eight_bit_jumps():
