@@ -1,15 +1,20 @@
-"""Pure pieces of the executor: output shaping rules and the seccomp filter's decisions.
+"""Pure pieces of the executor: output shaping rules, the seccomp filter's decisions,
+and the worker's cleanup and disk-usage walks.
 
 Nothing here executes model code; expectations are written out by hand from the
 reference's rules (rstar_reference.md §3.4) and from the seccomp ABI.
 """
 
 import errno
+import os
+import pathlib
+import shutil
 import struct
+import tempfile
 
 import pytest
 
-from rstar_jax.verify import program_runner, sandbox
+from rstar_jax.verify import _disk, program_runner, sandbox
 
 
 def test_sanitize_strips_fences_and_leading_python():
@@ -163,3 +168,71 @@ def test_seccomp_filter_fits_eight_bit_jumps():
     for arch in ("x86_64", "aarch64"):
         prog = sandbox.build_seccomp_filter(arch, 1)
         assert len(prog) < 256 and all(jt < 256 and jf < 256 for _, jt, jf, _ in prog)
+
+
+# --- private directory cleanup and the watched disk quota (worker side) ----------------
+
+
+def _deep_tree(root, depth, file_every=0, file_bytes=0):
+    """`depth` nested directories under `root`, built through directory descriptors (the
+    path is far longer than PATH_MAX), with a file every `file_every` levels."""
+    os.mkdir(root)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for level in range(depth):
+        if file_every and level % file_every == 0:
+            f = os.open("f", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd)
+            os.write(f, b"x" * file_bytes)
+            os.close(f)
+        os.mkdir("d", dir_fd=fd)
+        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    return fd  # the deepest directory, still open
+
+
+@pytest.fixture
+def fast_tmp(tmp_path):
+    """A scratch directory on tmpfs when there is one: deleting a directory on a disk
+    filesystem mounted with `discard` costs milliseconds, which a 3,000-deep tree
+    multiplies into seconds of filesystem time, not time of the code under test."""
+    if os.access("/dev/shm", os.W_OK):
+        path = tempfile.mkdtemp(dir="/dev/shm")
+        yield pathlib.Path(path)
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        yield tmp_path
+
+
+def test_remove_tree_handles_any_depth_and_never_follows_links(fast_tmp, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    root = str(fast_tmp / "tree")
+    deepest = _deep_tree(root, 3000, file_every=500, file_bytes=10)
+    os.symlink(str(outside), "link", dir_fd=deepest)
+    os.mkdir("locked", 0, dir_fd=deepest)  # a program may create a mode-0 directory
+    os.close(deepest)
+    assert _disk.remove_tree(root) is True
+    assert not os.path.lexists(root)
+    assert (outside / "keep.txt").read_text() == "keep"  # the link went, not its target
+    assert _disk.remove_tree(root) is True                # already gone: fine
+    (fast_tmp / "file").write_text("x")
+    assert _disk.remove_tree(str(fast_tmp / "file")) is True
+    assert os.listdir(fast_tmp) == []
+
+
+def test_over_budget_counts_allocated_bytes_and_inodes(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(4):
+        (flat / f"f{i}").write_bytes(b"x" * (1 << 16))
+    with open(flat / "sparse", "wb") as f:
+        f.truncate(1 << 30)  # 1 GiB long, nothing allocated: costs no disk
+    assert not _disk.over_budget(str(flat), 1 << 20, 100)
+    assert _disk.over_budget(str(flat), 1 << 17, 100)    # 4 x 64 KiB written
+    assert _disk.over_budget(str(flat), 1 << 20, 5)      # 6 inodes with the directory
+    deep = str(tmp_path / "deep")
+    os.close(_deep_tree(deep, 200))
+    assert not _disk.over_budget(deep, 1 << 30, 1000)
+    assert _disk.over_budget(deep, 1 << 30, 150)         # 201 directories
+    assert not _disk.over_budget(str(tmp_path / "missing"), 1, 1)
