@@ -236,3 +236,11 @@ def test_over_budget_counts_allocated_bytes_and_inodes(tmp_path):
     assert not _disk.over_budget(deep, 1 << 30, 1000)
     assert _disk.over_budget(deep, 1 << 30, 150)         # 201 directories
     assert not _disk.over_budget(str(tmp_path / "missing"), 1, 1)
+
+
+def test_cap_never_exceeds_its_bound():
+    assert program_runner.cap("short", 16) == "short"
+    for n in (16, 17, 4096):
+        capped = program_runner.cap("a" * 5000 + "b" * 5000, n)
+        assert len(capped) == n and capped.startswith("a") and capped.endswith("b")
+        assert "..." in capped

@@ -171,7 +171,7 @@ class Setup:
 
     @property
     def result_byte_cap(self) -> int:
-        # An honest observation is at most max_result_chars + 3 characters of <= 4 bytes.
+        # An honest observation is at most max_result_chars characters of <= 4 bytes.
         return 4 * self.max_result_chars + 64
 
 
@@ -477,7 +477,7 @@ def finish(child: Child, setup: Setup) -> dict:
             child.end = time.monotonic()
     status = reap(child)
     output, raised, abnormal, cacheable = _outcome(child, status, setup)
-    return {"kind": "result", "output": runner.truncate(output, setup.max_result_chars),
+    return {"kind": "result", "output": runner.cap(output, setup.max_result_chars),
             "raised": raised, "abnormal": abnormal, "timed_out": child.stopped == "timeout",
             "cacheable": cacheable, "duration_s": max(child.end - child.start, 0.0)}
 

@@ -282,7 +282,7 @@ def _result_from(message: dict, max_result_chars: int) -> tuple[ExecResult, bool
         return None
     raised, abnormal, timed_out, cacheable = flags
     error = raised or abnormal or timed_out
-    result = ExecResult(output=program_runner.truncate(output, max_result_chars),
+    result = ExecResult(output=program_runner.cap(output, max_result_chars),
                         error=error, timed_out=timed_out, raised=error,
                         duration_s=float(duration))
     return result, cacheable
