@@ -10,6 +10,8 @@ import os
 import pathlib
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -244,3 +246,27 @@ def test_cap_never_exceeds_its_bound():
         capped = program_runner.cap("a" * 5000 + "b" * 5000, n)
         assert len(capped) == n and capped.startswith("a") and capped.endswith("b")
         assert "..." in capped
+
+
+IMPORT_CHECK = """
+import logging, os, sys, threading
+import rstar_jax.verify as verify
+lazy = [m for m in ("executor", "grader") if f"rstar_jax.verify.{m}" in sys.modules]
+from rstar_jax.verify import _deadline_pool, _disk, _zygote, executor, grader, program_runner, sandbox
+children = [c for t in os.listdir("/proc/self/task")
+            for c in open(f"/proc/self/task/{t}/children").read().split()]
+print(lazy, grader._POOL, _deadline_pool._POOLS, threading.active_count(), children,
+      logging.getLogger("math_verify.parser").filters, sorted(verify.__all__),
+      verify.PythonExecutor is executor.PythonExecutor, verify.math_equal is grader.math_equal,
+      set(verify.__all__) <= set(dir(verify)))
+"""
+
+
+def test_importing_verify_starts_nothing_and_names_its_api():
+    # A fresh interpreter: nothing else in it may have started a pool already.
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(sandbox.__file__))))
+    out = subprocess.run([sys.executable, "-c", IMPORT_CHECK], capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ, PYTHONPATH=repo))
+    assert out.stdout.split("\n")[0] == (
+        "[] None [] 1 [] [] ['ExecResult', 'PythonExecutor', 'REFERENCE_TIMEOUT_S', "
+        "'extract_answer', 'math_equal', 'math_equal_any'] True True True"), out.stderr
