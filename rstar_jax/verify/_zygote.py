@@ -44,9 +44,11 @@ depth and never raises (`_disk.py`).
 Timing. The child closes its result pipe before exiting, so the worker has the whole
 observation while the kernel is still tearing down the child's address space
 (several ms for the pre-imported heap). The exit status only exists after that, so
-when another program is queued the worker hands it to the spare first and waits for
-the previous child's status while the next one runs; when nothing is queued it waits
-before answering (so no private directory outlives `run`). The wall-clock timeout
+the worker waits for whichever comes first, that exit (its pidfd) or the next
+program; the next program is handed to the spare at once, the next spare forked,
+and the previous child answered when it has exited, all while the next one runs.
+A child is reaped and its directory removed before it is answered, so no private
+directory outlives `run`. The wall-clock timeout
 counts from the hand-over; a child that closed its pipe early still has to exit by
 its deadline (or `EXIT_GRACE_S` after its output, whichever is later).
 
@@ -414,11 +416,20 @@ def reap(child: Child) -> int:
     return status
 
 
-def await_output(child: Child, setup: Setup) -> None:
+def await_output(child: Child, setup: Setup, previous: Child | None = None,
+                 answer=None) -> None:
     """Read the child's result pipe to its end, unless the child passes its deadline,
-    its result byte cap or (watched) its disk budget first; then it is killed."""
+    its result byte cap or (watched) its disk budget first; then it is killed.
+
+    `previous`: a child whose output is in but whose exit status is not; it is
+    answered (`answer(finish(previous))`) as soon as it exits, and in any case before
+    this returns, so replies stay in order.
+    """
     deadline = child.start + setup.timeout_s
     next_scan = child.start + WATCH_FIRST_S if setup.disk == "watch" else float("inf")
+    if previous is not None and previous.pidfd is None:  # no way to watch its exit
+        answer(finish(previous, setup))
+        previous = None
     while True:
         now = time.monotonic()
         if now >= deadline:
@@ -431,8 +442,20 @@ def await_output(child: Child, setup: Setup) -> None:
                 break
             next_scan = time.monotonic() + WATCH_INTERVAL_S
             continue
-        ready = select.select([child.result_fd], [], [], min(deadline, next_scan) - now)[0]
-        if not ready:
+        wake = min(deadline, next_scan)
+        watch = [child.result_fd]
+        if previous is not None:
+            if now >= _exit_deadline(previous, setup):
+                answer(finish(previous, setup))  # it kept running: killed, timed out
+                previous = None
+                continue
+            wake = min(wake, _exit_deadline(previous, setup))
+            watch.append(previous.pidfd)
+        ready = select.select(watch, [], [], wake - now)[0]
+        if previous is not None and previous.pidfd in ready:
+            answer(finish(previous, setup))
+            previous = None
+        if child.result_fd not in ready:
             continue
         chunk = os.read(child.result_fd, 1 << 16)
         if not chunk:
@@ -444,6 +467,14 @@ def await_output(child: Child, setup: Setup) -> None:
     child.end = time.monotonic()
     if child.stopped is not None:
         _kill_group(child)
+    if previous is not None:
+        answer(finish(previous, setup))
+
+
+def _exit_deadline(child: Child, setup: Setup) -> float:
+    """When a child whose output is in must have exited: its own deadline, or
+    `EXIT_GRACE_S` after its output if that is later."""
+    return max(child.start + setup.timeout_s, child.end + EXIT_GRACE_S)
 
 
 def _exited(child: Child) -> bool:
@@ -471,8 +502,7 @@ def _wait_exit(child: Child, until: float) -> bool:
 def finish(child: Child, setup: Setup) -> dict:
     """Wait for the child's exit status, reap it, and build its reply from scratch."""
     if child.stopped is None:
-        until = max(child.start + setup.timeout_s, child.end + EXIT_GRACE_S)
-        if not _wait_exit(child, until):
+        if not _wait_exit(child, _exit_deadline(child, setup)):
             child.stopped = "timeout"  # closed its pipe, then kept running
             child.end = time.monotonic()
     status = reap(child)
@@ -596,13 +626,36 @@ def main(config: dict) -> None:
     serve(setup, in_fd, out_fd)
 
 
+def _exits_before_input(child: Child, setup: Setup, in_fd: int) -> bool:
+    """Wait until `child` has exited (or passed its exit deadline) or the main process
+    sends something; True for the first."""
+    if child.pidfd is None:
+        return True  # `finish` waits for it
+    remaining = _exit_deadline(child, setup) - time.monotonic()
+    ready = select.select([in_fd, child.pidfd], [], [], max(remaining, 0.0))[0]
+    return child.pidfd in ready or in_fd not in ready
+
+
 def serve(setup: Setup, in_fd: int, out_fd: int) -> None:
-    """The worker's loop: one program per message, answered in order."""
+    """The worker's loop: one program per message, answered in order.
+
+    A program is answered once its process has exited (the status is part of the
+    answer); if the next program arrives first, it is handed over first and the
+    previous one answered as soon as it has exited, while the next one runs.
+    """
     spare = fork_child(setup)
     finishing: Child | None = None  # output read, exit status not yet
     started = encode_message({"kind": "started"})
+
+    def answer(reply: dict) -> None:
+        write_all(out_fd, encode_message(reply))
+
     try:
         while True:
+            if finishing is not None and _exits_before_input(finishing, setup, in_fd):
+                answer(finish(finishing, setup))
+                finishing = None
+                continue
             message = read_message(in_fd)
             if message is None:
                 return
@@ -613,16 +666,12 @@ def serve(setup: Setup, in_fd: int, out_fd: int) -> None:
             hand_over(running, message["program"])
             del message
             write_all(out_fd, started)  # from here on the program counts as run
-            if finishing is not None:
-                write_all(out_fd, encode_message(finish(finishing, setup)))
-                finishing = None
-            # The next program's process is forked and confined while this one runs.
+            # The next program's process is forked and confined while this one runs,
+            # and while the previous one's address space is torn down.
             spare = fork_child(setup)
-            await_output(running, setup)
-            if running.stopped is None and select.select([in_fd], [], [], 0)[0]:
-                finishing = running  # more work queued: answer after handing it on
-            else:
-                write_all(out_fd, encode_message(finish(running, setup)))
+            previous, finishing = finishing, None
+            await_output(running, setup, previous, answer)
+            finishing = running
     finally:
         for child in (finishing, spare):
             if child is not None:
