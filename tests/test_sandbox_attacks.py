@@ -498,3 +498,74 @@ def test_programs_run_unprivileged(executor):
         assert status["Groups"].strip() == "" and status["NoNewPrivs"].strip() == "1"
         for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
             assert int(status[caps], 16) == 0, caps
+
+
+# --- a caller that is not root -----------------------------------------------------------
+
+# Run as uid 65534: an executor whose programs have the same uid as their caller, so
+# only seccomp and Landlock stand between them. Prints what it checked from outside.
+UNPRIVILEGED_CALLER = r'''
+import json, os, resource, sys, tempfile
+from rstar_jax.verify.executor import PythonExecutor
+mine = os.path.join(tempfile.mkdtemp(), "mine")
+open(mine, "w").write("x")
+os.chmod(mine, 0o600)
+os.utime(mine, ns=(10**18, 10**18))
+before = (os.stat(mine).st_mode, os.stat(mine).st_mtime_ns, resource.getrlimit(resource.RLIMIT_NOFILE))
+attack = f"""
+import os, resource
+out = []
+for name, fn in (('prlimit', lambda: resource.prlimit({os.getpid()}, resource.RLIMIT_NOFILE, (5, 5))),
+                 ('chmod', lambda: os.chmod({mine!r}, 0o777)),
+                 ('utime', lambda: os.utime({mine!r}, (0, 0))),
+                 ('signal', lambda: os.kill({os.getpid()}, 9))):
+    try:
+        fn()
+        out.append(name + ':ok')
+    except OSError as e:
+        out.append(name + ':' + type(e).__name__)
+print(' '.join(out))
+"""
+flood = "n = 0\nwhile True:\n    open(f'f{n}', 'wb').write(b'x' * (1 << 20))\n    n += 1"
+with PythonExecutor(num_workers=1, timeout_s=5.0, preload=(), max_disk_bytes=8 << 20) as ex:
+    results = ex.run([attack, flood, "import os\nos.getresuid()", "6 * 7"])
+    isolation = ex.isolation
+    base = ex.base_dir
+after = (os.stat(mine).st_mode, os.stat(mine).st_mtime_ns, resource.getrlimit(resource.RLIMIT_NOFILE))
+print(json.dumps({"caller": os.getresuid(), "outputs": [r.output for r in results],
+                  "isolation": isolation, "unchanged": before == after,
+                  "base_removed": not os.path.exists(base)}))
+'''
+
+
+@needs_root
+@needs_seccomp
+def test_an_unprivileged_caller_keeps_its_limits_and_files_from_its_programs():
+    import json
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(sandbox.__file__))))
+    paths = [p for p in sys.path + [sys.prefix, sys.base_prefix]
+             if p and os.path.isabs(p) and os.path.exists(p)]
+
+    def become_nobody():  # in the child, before exec
+        sandbox.unshare_mount_namespace()
+        sandbox.expose_read_paths(paths + [repo], 65534, 65534)
+        os.setgroups([])
+        os.setresgid(65534, 65534, 65534)
+        os.setresuid(65534, 65534, 65534)
+
+    out = subprocess.run([sys.executable, "-c", UNPRIVILEGED_CALLER], capture_output=True,
+                         text=True, timeout=240, preexec_fn=become_nobody, cwd="/",
+                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                              "PYTHONPATH": repo, "HOME": "/tmp", "TMPDIR": "/tmp"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.splitlines()[-1])
+    assert report["caller"] == [65534] * 3
+    assert report["isolation"]["uid"] == 65534 and report["isolation"]["disk"] == "watch"
+    attack, flood, ids, after = report["outputs"]
+    assert attack == ("prlimit:PermissionError chmod:PermissionError "
+                      "utime:PermissionError signal:PermissionError")
+    assert report["unchanged"] and report["base_removed"]
+    assert flood.startswith("DiskLimitError") and ids == "(65534, 65534, 65534)"
+    assert after == "42"
