@@ -252,7 +252,8 @@ IMPORT_CHECK = """
 import logging, os, sys, threading
 import rstar_jax.verify as verify
 lazy = [m for m in ("executor", "grader") if f"rstar_jax.verify.{m}" in sys.modules]
-from rstar_jax.verify import _deadline_pool, _disk, _zygote, executor, grader, program_runner, sandbox
+from rstar_jax.verify import _deadline_pool, _disk, _zygote, executor, grader
+from rstar_jax.verify import program_runner, sandbox
 children = [c for t in os.listdir("/proc/self/task")
             for c in open(f"/proc/self/task/{t}/children").read().split()]
 print(lazy, grader._POOL, _deadline_pool._POOLS, threading.active_count(), children,

@@ -286,7 +286,8 @@ S, D, A = {stream_path!r}, {dgram_path!r}, {abstract!r}
 attempt('stream', lambda: socket.socket(socket.AF_UNIX).connect(S))
 attempt('dgram', lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'x', D))
 attempt('abstract', lambda: socket.socket(socket.AF_UNIX).connect(A))
-attempt('dgram_pair', lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)[0].sendto(b'x', D))
+pair = lambda kind: socket.socketpair(socket.AF_UNIX, kind)
+attempt('dgram_pair', lambda: pair(socket.SOCK_DGRAM)[0].sendto(b'x', D))
 a, b = socket.socketpair()
 attempt('pair_sendto', lambda: a.sendto(b'x', D))
 attempt('pair_connect', lambda: a.connect(S))
@@ -336,9 +337,11 @@ for fd in range(3, 256):
                 pass
 print("forger ran")
 '''
-DEEP_NESTING = "import os\nfor fd in range(3, 256):\n    try:\n        os.write(fd, b'[' * 100000)\n    except OSError:\n        pass\nprint('x')"
-PAST_THE_CAP = ("import os\nfor fd in range(3, 256):\n    try:\n        os.write(fd, b'q' * 10000)\n"
-                "    except OSError:\n        pass\nos._exit(100)  # the runner's 'clean' status")
+WRITE_TO_EVERY_FD = ("import os\nfor fd in range(3, 256):\n    try:\n        os.write(fd, {data})\n"
+                     "    except OSError:\n        pass\n")
+DEEP_NESTING = WRITE_TO_EVERY_FD.format(data="b'[' * 100000") + "print('x')"
+PAST_THE_CAP = (WRITE_TO_EVERY_FD.format(data="b'q' * 10000")
+                + "os._exit(100)  # the runner's 'clean' status")
 
 
 def test_forged_results_change_nothing_for_other_programs(executor):
@@ -458,7 +461,8 @@ def test_output_is_valid_utf8(executor):
     assert lone.output.startswith("a ") and raw.output.endswith("z")
 
 
-SEEDED = "import random\nimport numpy as np\nprint(random.random(), np.random.randint(10**9), np.random.rand())"
+SEEDED = ("import random\nimport numpy as np\n"
+          "print(random.random(), np.random.randint(10**9), np.random.rand())")
 
 
 def test_random_generators_are_seeded_from_the_program_text(executor):
@@ -511,14 +515,17 @@ mine = os.path.join(tempfile.mkdtemp(), "mine")
 open(mine, "w").write("x")
 os.chmod(mine, 0o600)
 os.utime(mine, ns=(10**18, 10**18))
-before = (os.stat(mine).st_mode, os.stat(mine).st_mtime_ns, resource.getrlimit(resource.RLIMIT_NOFILE))
+state = lambda: (os.stat(mine).st_mode, os.stat(mine).st_mtime_ns,
+                 resource.getrlimit(resource.RLIMIT_NOFILE))
+before = state()
 attack = f"""
 import os, resource
 out = []
-for name, fn in (('prlimit', lambda: resource.prlimit({os.getpid()}, resource.RLIMIT_NOFILE, (5, 5))),
+caller = {os.getpid()}
+for name, fn in (('prlimit', lambda: resource.prlimit(caller, resource.RLIMIT_NOFILE, (5, 5))),
                  ('chmod', lambda: os.chmod({mine!r}, 0o777)),
                  ('utime', lambda: os.utime({mine!r}, (0, 0))),
-                 ('signal', lambda: os.kill({os.getpid()}, 9))):
+                 ('signal', lambda: os.kill(caller, 9))):
     try:
         fn()
         out.append(name + ':ok')
@@ -531,7 +538,7 @@ with PythonExecutor(num_workers=1, timeout_s=5.0, preload=(), max_disk_bytes=8 <
     results = ex.run([attack, flood, "import os\nos.getresuid()", "6 * 7"])
     isolation = ex.isolation
     base = ex.base_dir
-after = (os.stat(mine).st_mode, os.stat(mine).st_mtime_ns, resource.getrlimit(resource.RLIMIT_NOFILE))
+after = state()
 print(json.dumps({"caller": os.getresuid(), "outputs": [r.output for r in results],
                   "isolation": isolation, "unchanged": before == after,
                   "base_removed": not os.path.exists(base)}))
