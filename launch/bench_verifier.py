@@ -14,6 +14,8 @@ Compared on the same program sequence, with the same number of processes:
   scheduling differ);
 * `ours_no_cache`: `PythonExecutor(cache_size=0)`, a sandboxed fork per program;
 * `ours_cached`: `PythonExecutor` with its LRU cache.
+`isolation` reports what confined our programs on this machine (as root: uid 65534
+and a tmpfs per program; otherwise the caller's uid and a watched disk quota).
 Throughput is programs requested per second of `run` calls; pool start-up (imports)
 is reported separately. `outputs_match` checks both give identical observations.
 
@@ -135,9 +137,11 @@ def bench_ours(batches, workers: int, timeout_s: float, cache_size: int) -> dict
             outputs += [r.output for r in ex.run(batch)]
         elapsed = time.perf_counter() - t0
         info = ex.cache_info()
+        isolation = ex.isolation
     hits = info["hits"] - info0["hits"]
     return {"startup_s": startup, "elapsed_s": elapsed, "outputs": outputs,
-            "cache_hit_rate": hits / max(1, hits + info["misses"] - info0["misses"])}
+            "cache_hit_rate": hits / max(1, hits + info["misses"] - info0["misses"]),
+            "isolation": isolation}
 
 
 def main() -> None:
@@ -171,6 +175,7 @@ def main() -> None:
                      "ours_no_cache": sum(len(set(b)) for b in batches),
                      "ours_cached": len({p for b in batches for p in b})},
         "error_outputs": sum("error" in o.lower() for o in ref_out),
+        "isolation": runs["ours_no_cache"]["isolation"],
     }
     for name, r in runs.items():
         report[name] = {

@@ -148,14 +148,17 @@ class DeadlinePool:
 _POOLS: list[DeadlinePool] = []
 
 
-@atexit.register
 def _close_all() -> None:
     for p in _POOLS:
         p.close()
 
 
 def shared_pool(num_workers: int, **kw) -> DeadlinePool:
+    """A pool closed when the interpreter exits (the exit hook is registered with the
+    first one, not at import)."""
     pool = DeadlinePool(num_workers, **kw)
+    if not _POOLS:
+        atexit.register(_close_all)
     _POOLS.append(pool)
     return pool
 

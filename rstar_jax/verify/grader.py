@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
@@ -51,12 +52,35 @@ class _QuietMathVerifyTimeoutWarning(logging.Filter):
         return "Timeout is disabled" not in record.getMessage()
 
 
-for _name in ("math_verify.parser", "math_verify.grader"):
-    logging.getLogger(_name).addFilter(_QuietMathVerifyTimeoutWarning())
+# Created on first use, not at import: the helper pool (its size read from
+# RSTAR_GRADER_WORKERS then; closed at exit by `_deadline_pool`) and math-verify's
+# log filter.
+_POOL: _deadline_pool.DeadlinePool | None = None
+_INIT_LOCK = threading.Lock()
+_quiet = False
 
 
-_POOL = _deadline_pool.shared_pool(int(os.environ.get("RSTAR_GRADER_WORKERS", "2")),
-                                   warm_modules=(__name__,))
+def _pool() -> _deadline_pool.DeadlinePool:
+    global _POOL
+    with _INIT_LOCK:
+        if _POOL is None:
+            raw = os.environ.get("RSTAR_GRADER_WORKERS", "2")
+            if not raw.strip().isdigit() or int(raw) < 1:
+                raise ValueError(f"RSTAR_GRADER_WORKERS must be a positive integer (the "
+                                 f"grader's helper processes), got {raw!r}")
+            _POOL = _deadline_pool.shared_pool(int(raw), warm_modules=(__name__,))
+        return _POOL
+
+
+def _quiet_math_verify() -> None:
+    global _quiet
+    if _quiet:
+        return
+    with _INIT_LOCK:
+        if not _quiet:
+            for name in ("math_verify.parser", "math_verify.grader"):
+                logging.getLogger(name).addFilter(_QuietMathVerifyTimeoutWarning())
+            _quiet = True
 
 
 def _call_with_deadline(module: str, function: str, args: tuple, timeout_s: float | None,
@@ -71,7 +95,7 @@ def _call_with_deadline(module: str, function: str, args: tuple, timeout_s: floa
             return getattr(importlib.import_module(module), function)(*args)
         except Exception:
             return default
-    status, value = _POOL.call(module, function, args, timeout_s)
+    status, value = _pool().call(module, function, args, timeout_s)
     if status == "timeout":
         _log.debug("grading %s timed out after %.1f s", function, timeout_s)
     return value if status == "ok" else default
@@ -214,6 +238,7 @@ def _parse(answer: str) -> tuple:
     """math-verify's parse of one answer (LaTeX first, then plain expression)."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 
+    _quiet_math_verify()
     config = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
     return tuple(parse(f"${answer}$", config, parsing_timeout=None))
 
@@ -221,6 +246,7 @@ def _parse(answer: str) -> tuple:
 def _mv_equal(gold: str, pred: str) -> bool:
     from math_verify import verify
 
+    _quiet_math_verify()
     gold_parsed, pred_parsed = _parse(gold), _parse(pred)
     if not gold_parsed or not pred_parsed:
         return False

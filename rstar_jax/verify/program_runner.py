@@ -31,7 +31,7 @@ Deliberate differences, none visible for well-behaved programs:
 * everything the program writes to stdout/stderr (captured or not) counts against
   `max_output_bytes`; past it the program is stopped with `OutputLimitError`;
 * the joined observation of many print statements is capped at `max_result_chars`
-  (first half + "..." + last half), so no observation is unbounded.
+  characters (its head + "..." + its tail, `cap`), so no observation is unbounded.
 """
 
 from __future__ import annotations
@@ -85,6 +85,16 @@ def truncate(text: str, max_chars: int = TRUNCATE_CHARS) -> str:
         half = max_chars // 2
         return text[:half] + "..." + text[-half:]
     return text
+
+
+def cap(text: str, max_chars: int) -> str:
+    """At most `max_chars` characters: head + "..." + tail when longer (unlike
+    `truncate`, whose reference cut is 3 characters longer than its bound)."""
+    if len(text) <= max_chars:
+        return text
+    head = (max_chars - 3) // 2
+    tail = max_chars - 3 - head
+    return text[:head] + "..." + (text[-tail:] if tail else "")
 
 
 def shape_value(value: object) -> str:
@@ -186,4 +196,4 @@ def run_program(program: str, namespace: dict, max_output_bytes: int,
         observation, raised, abnormal = describe_exception(exc), True, True
     finally:
         sys.stdout, sys.stderr = saved
-    return truncate(observation.strip(), max_result_chars).strip(), raised, abnormal
+    return cap(observation.strip(), max_result_chars).strip(), raised, abnormal
