@@ -267,3 +267,16 @@ def test_grading_from_worker_threads_matches_serial_grading():
     with ThreadPoolExecutor(max_workers=4) as pool:
         threaded = list(pool.map(lambda pair: math_equal(*pair), pairs))
     assert threaded == [math_equal(*pair) for pair in pairs]
+
+
+def test_plain_integer_fast_path_agrees_with_the_full_grader():
+    """math_equal answers two plain integers in-process; the helper-process path (the
+    full rules, called directly here) must give the same verdict."""
+    import random
+    from rstar_jax.verify.grader import _math_equal
+    rng = random.Random(0)
+    pairs = [("12", "13"), ("007", "7"), ("-0", "0"), ("-5", "5"), ("10", "010"),
+             ("123456789012345678", "123456789012345679")]
+    pairs += [(str(rng.randint(-999, 999)), str(rng.randint(-999, 999))) for _ in range(40)]
+    for a, b in pairs:
+        assert math_equal(a, b) == _math_equal(a, b), (a, b)

@@ -123,6 +123,9 @@ def extract_answer(solution: str) -> str:
         return ""
 
 
+_PLAIN_INTEGER = re.compile(r"-?\d{1,30}")
+
+
 def math_equal(pred: str, gold: str, *, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> bool:
     """Whether the predicted answer is mathematically the gold answer.
 
@@ -134,8 +137,13 @@ def math_equal(pred: str, gold: str, *, timeout_s: float | None = DEFAULT_TIMEOU
     if not isinstance(pred, str) or not isinstance(gold, str):
         return False
     try:
-        if text.canonical_string(pred) == text.canonical_string(gold) and pred.strip():
+        p, g = text.canonical_string(pred), text.canonical_string(gold)
+        if p == g and pred.strip():
             return True     # the common case needs no helper process
+        if _PLAIN_INTEGER.fullmatch(p) and _PLAIN_INTEGER.fullmatch(g):
+            # Two plain integers are equal exactly when their values are (the full path
+            # agrees: integers never merge by tolerance); no helper process needed.
+            return int(p) == int(g)
     except Exception:
         pass
     return bool(_call_with_deadline(__name__, "_math_equal", (pred, gold), timeout_s, False))
