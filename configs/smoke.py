@@ -30,6 +30,8 @@ def get_config():
         r.sft.epochs = 4 if k == 1 else 2
         r.sft.batch_size = 16
         r.sft.micro_batch_size = 16
+        r.sft.bucket_lengths = (256,)          # one compiled step shape
+        r.ppm.bucket_lengths = (256,)
         r.sft.log_every = 5
         r.ppm.epochs = 1
         r.ppm.batch_size = 16

@@ -131,9 +131,12 @@ def _tiny_round(k: int) -> ml_collections.ConfigDict:
     r.sft = train_sft.get_config("tiny")
     r.sft.epochs = 12
     r.sft.batch_size = 32
-    r.sft.micro_batch_size = 32
+    # On this CPU 8 rows per micro-step run ~2x more tokens/s than 32 (the attention
+    # scores of 32 rows fall out of cache), and length-grouped batches pad less.
+    r.sft.micro_batch_size = 8
+    r.sft.group_by_length = True
     r.sft.max_length = 256
-    r.sft.bucket_lengths = (128, 256)
+    r.sft.bucket_lengths = (128, 160, 192, 224, 256)
     r.sft.optim.learning_rate = 2e-3
     r.sft.optim.warmup_steps = 20
     r.sft.checkpoint.save_every = 100
@@ -141,10 +144,11 @@ def _tiny_round(k: int) -> ml_collections.ConfigDict:
     r.ppm = train_ppm.get_config("tiny")
     r.ppm.epochs = 2
     r.ppm.batch_size = 32
-    r.ppm.micro_batch_size = 32
-    r.ppm.eval_batch_size = 64
+    r.ppm.micro_batch_size = 8
+    r.ppm.group_by_length = True
+    r.ppm.eval_batch_size = 32
     r.ppm.max_length = 256
-    r.ppm.bucket_lengths = (128, 256)
+    r.ppm.bucket_lengths = (128, 160, 192, 224, 256)
     r.ppm.checkpoint.save_every = 100
     # Rounds 2-4 continue from the previous round's policy (paper: from the base model
     # each round); it saves CPU time, and the control gets the same number of steps.

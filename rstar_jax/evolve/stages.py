@@ -236,10 +236,13 @@ def _sft_steps(config, num_rows: int) -> int:
 def train_policy(ctx: Context, unit: str, config, init_model, rows: list[dict]) -> dict:
     from rstar_jax.models import mesh_from_config
     from rstar_jax.train import train_sft
+    from rstar_jax.train.metrics import read_metrics
     out = ctx.stage_dir(unit, "policy")
-    ctx.log(f"{unit}/policy: SFT on {len(rows)} rows, {_sft_steps(config, len(rows))} steps")
+    ctx.log(f"{unit}/policy: SFT on {len(rows)} rows, about {_sft_steps(config, len(rows))} steps")
     train_sft(config, init_model, rows, ctx.tokenizer(), out, mesh=mesh_from_config(config.mesh))
-    return {"rows": len(rows), "steps": _sft_steps(config, len(rows))}
+    logged = [m for m in read_metrics(os.path.join(out, "metrics_sft.jsonl")) if "loss" in m]
+    return {"rows": len(rows), "steps": int(logged[-1]["step"]) if logged else 0,
+            "final_loss": float(logged[-1]["loss"]) if logged else None}
 
 
 def stage_policy(ctx: Context, r: RoundSettings) -> dict:

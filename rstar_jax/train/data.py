@@ -228,12 +228,20 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+GROUP_WINDOW = 16   # batches sorted together when grouping by length
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchPlan:
     """Which rows make global batch `step`: epochs of shuffled rows, cut in batches.
 
     The last batch of an epoch is padded with empty rows (zero loss weight) so every step
     has the same [A, M] shape and no row is dropped (HF's default `drop_last=False`).
+
+    With `lengths` (group by length, as HF's `group_by_length`): each epoch's shuffled
+    rows are cut into windows of `GROUP_WINDOW` batches, each window is sorted by row
+    length and cut into batches, and the batches are shuffled; every batch then pads to
+    a length close to its longest row. Still a pure function of (seed, epoch).
     """
 
     num_rows: int
@@ -241,6 +249,7 @@ class BatchPlan:
     micro_batch_size: int    # rows per accumulation micro-step
     epochs: int
     seed: int
+    lengths: tuple[int, ...] | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self):
         if self.num_rows < 1:
@@ -255,6 +264,7 @@ class BatchPlan:
 
     @property
     def steps_per_epoch(self) -> int:
+        # Grouping windows hold a whole number of batches, so the count is the same.
         return math.ceil(self.num_rows / self.batch_size)
 
     @property
@@ -264,8 +274,26 @@ class BatchPlan:
     def rows_of_step(self, step: int) -> np.ndarray:
         """Row indices of global batch `step` (fewer than batch_size at an epoch's end)."""
         epoch, k = divmod(step, self.steps_per_epoch)
-        return epoch_order(self.num_rows, self.seed, epoch)[k * self.batch_size:
-                                                            (k + 1) * self.batch_size]
+        if self.lengths is None:
+            return epoch_order(self.num_rows, self.seed, epoch)[k * self.batch_size:
+                                                                (k + 1) * self.batch_size]
+        return self._grouped_batches(epoch)[k]
+
+    def _grouped_batches(self, epoch: int) -> list[np.ndarray]:
+        cache = self.__dict__.setdefault("_grouped", {})
+        if epoch not in cache:
+            order = epoch_order(self.num_rows, self.seed, epoch)
+            lengths = np.asarray(self.lengths)
+            window = self.batch_size * GROUP_WINDOW
+            batches = []
+            for start in range(0, len(order), window):
+                part = order[start:start + window]
+                part = part[np.argsort(lengths[part], kind="stable")]
+                batches += [part[i:i + self.batch_size] for i in range(0, len(part), self.batch_size)]
+            perm = np.random.default_rng([self.seed, epoch, 1]).permutation(len(batches))
+            cache.clear()
+            cache[epoch] = [batches[i] for i in perm]
+        return cache[epoch]
 
     def epoch_of_step(self, step: int) -> float:
         return step / self.steps_per_epoch

@@ -68,7 +68,9 @@ def ppm_task(config, cfg, rows: Sequence[dict], tokenizer, mesh: Mesh) -> traine
     train = [pairs[i] for i in train_idx]
     held = [pairs[i] for i in held_idx]
     plan = train_data.BatchPlan(len(train), int(config.batch_size), int(config.micro_batch_size),
-                       int(config.epochs), int(config.data_seed))
+                                int(config.epochs), int(config.data_seed),
+                                lengths=(tuple(max(len(e.pos), len(e.neg)) for e in train)
+                                         if config.group_by_length else None))
     buckets, pad = tuple(config.bucket_lengths), pad_id_of(tokenizer)
 
     def loss_factory(constrain):

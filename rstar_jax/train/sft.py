@@ -36,7 +36,9 @@ def sft_task(config, cfg, rows: Sequence[dict], tokenizer) -> trainer.Task:
         logging.warning("SFT: %d of %d rows have no response token within max_length=%d; "
                         "dropped", dropped, len(rows), config.max_length)
     plan = train_data.BatchPlan(len(examples), int(config.batch_size), int(config.micro_batch_size),
-                       int(config.epochs), int(config.data_seed))
+                                int(config.epochs), int(config.data_seed),
+                                lengths=(tuple(len(e.ids) for e in examples)
+                                         if config.group_by_length else None))
     buckets, pad = tuple(config.bucket_lengths), pad_id_of(tokenizer)
 
     def loss_factory(constrain):

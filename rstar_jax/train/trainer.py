@@ -64,7 +64,8 @@ def fit(config, task: Task, params: dict, out_dir: str | os.PathLike, *,
                                       if config.tensorboard else None))
     fixed_meta = {"task": task.name, "data_seed": int(plan.seed),
                   "data_fingerprint": task.data_fingerprint, "num_rows": plan.num_rows,
-                  "batch_size": plan.batch_size, "total_steps": plan.total_steps}
+                  "batch_size": plan.batch_size, "total_steps": plan.total_steps,
+                  "group_by_length": plan.lengths is not None}
 
     def meta(step: int) -> dict:
         epoch, k = divmod(step, plan.steps_per_epoch)
