@@ -1,10 +1,14 @@
 # `make test` builds or refreshes .venv from setup.py, then runs the test suite.
+# `make evolve` builds or refreshes .venv, then runs the embedded tiny self-evolution
+# default (configs/tiny.py) in runs/tiny; run it again to resume an interrupted run.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -q -n 2 --dist loadfile
 
-.PHONY: test venv clean
+EVOLVE_ARGS ?=
+
+.PHONY: test evolve venv clean
 
 venv: $(STAMP)
 
@@ -18,6 +22,9 @@ $(STAMP): setup.py
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+evolve: $(STAMP)
+	$(VENV)/bin/python launch/evolve.py --config configs/tiny.py --workdir runs/tiny $(EVOLVE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -280,3 +280,15 @@ def test_plain_integer_fast_path_agrees_with_the_full_grader():
     pairs += [(str(rng.randint(-999, 999)), str(rng.randint(-999, 999))) for _ in range(40)]
     for a, b in pairs:
         assert math_equal(a, b) == _math_equal(a, b), (a, b)
+
+
+def test_verdicts_are_remembered_but_timeouts_are_not():
+    from rstar_jax.verify import grader
+    pred, gold = "\\frac{12}{4}", "3"
+    grader._VERDICTS.pop((pred, gold), None)
+    assert math_equal(pred, gold) and grader._VERDICTS[(pred, gold)] is True
+    assert math_equal(pred, gold)                    # served from the table
+    slow = ("\\frac{1}{3} + \\frac{1}{7}", "10/21")
+    grader._VERDICTS.pop(slow, None)
+    assert math_equal(*slow, timeout_s=1e-6) is False   # no time to decide: not stored
+    assert slow not in grader._VERDICTS

@@ -23,6 +23,7 @@ string after canonicalisation are decided in-process without a round trip.
 
 from __future__ import annotations
 
+import collections
 import functools
 import importlib
 import logging
@@ -90,15 +91,21 @@ def _call_with_deadline(module: str, function: str, args: tuple, timeout_s: floa
     With a deadline the call runs in a helper process (killed at the deadline); without
     one it runs here.
     """
+    status, value = _call_status(module, function, args, timeout_s)
+    return value if status == "ok" else default
+
+
+def _call_status(module: str, function: str, args: tuple, timeout_s: float | None):
+    """("ok", value), ("error", None) or ("timeout", None) of `module.function(*args)`."""
     if timeout_s is None or timeout_s <= 0:
         try:
-            return getattr(importlib.import_module(module), function)(*args)
+            return "ok", getattr(importlib.import_module(module), function)(*args)
         except Exception:
-            return default
+            return "error", None
     status, value = _pool().call(module, function, args, timeout_s)
     if status == "timeout":
         _log.debug("grading %s timed out after %.1f s", function, timeout_s)
-    return value if status == "ok" else default
+    return ("ok", value) if status == "ok" else (status, None)
 
 
 # ---------------------------------------------------------------------------------------
@@ -124,6 +131,11 @@ def extract_answer(solution: str) -> str:
 
 
 _PLAIN_INTEGER = re.compile(r"-?\d{1,30}")
+# Verdicts of the full rules by (pred, gold): search grades every answer leaf and the
+# data rules grade the same leaves again; timeouts are never stored.
+_VERDICTS: collections.OrderedDict = collections.OrderedDict()
+_VERDICTS_LOCK = threading.Lock()
+_MAX_VERDICTS = 1 << 16
 
 
 def math_equal(pred: str, gold: str, *, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> bool:
@@ -146,7 +158,19 @@ def math_equal(pred: str, gold: str, *, timeout_s: float | None = DEFAULT_TIMEOU
             return int(p) == int(g)
     except Exception:
         pass
-    return bool(_call_with_deadline(__name__, "_math_equal", (pred, gold), timeout_s, False))
+    key = (pred, gold)
+    with _VERDICTS_LOCK:
+        if key in _VERDICTS:
+            _VERDICTS.move_to_end(key)
+            return _VERDICTS[key]
+    status, value = _call_status(__name__, "_math_equal", (pred, gold), timeout_s)
+    verdict = bool(value) if status == "ok" else False
+    if status == "ok":   # a verdict, not a timeout (which depends on the machine's load)
+        with _VERDICTS_LOCK:
+            _VERDICTS[key] = verdict
+            if len(_VERDICTS) > _MAX_VERDICTS:
+                _VERDICTS.popitem(last=False)
+    return verdict
 
 
 def math_equal_any(pred: str, golds: Iterable[str], *,
