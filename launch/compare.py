@@ -453,7 +453,9 @@ def write_plots(c: Comparison, out_dir: str) -> list[str]:
             ax.bar([j + (i - 0.5) * width for j in range(len(keys))], values, width,
                    label=name, color=colors[i])
         ax.set_xticks(range(len(keys)), labels)
-        ax.legend()
+        top = max([scale * (side.get(k) or 0) for side in sides for k in keys] + [1e-9])
+        ax.set_ylim(0, 1.35 * top)       # room for the legend above the bars
+        ax.legend(loc="upper right")
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     bars(ax, ["best-Q answer", "any answer leaf"], ["solve_rate", "any_correct_rate"], 100)
