@@ -3,8 +3,14 @@
 Loading reads one tensor at a time on the host and places it straight into its sharding
 with `jax.make_array_from_callback`, so no device ever holds a full copy of a sharded
 parameter. Saving writes the transformers layout back (a trained policy opens in
-transformers or vLLM); a PPM also writes `value_head.safetensors` with the reference's
-`v_head.weight` [1, D] and `v_head.bias` [1] names.
+transformers or vLLM); a PPM also writes its value head, by default as
+`value_head.safetensors` with `v_head.weight` [1, D] and `v_head.bias` [1], or with
+`reference_format=True` as the reference's `value_head.bin`.
+
+`load_ppm` reads three PPM shapes, detected in this order: ours (value_head.safetensors),
+the reference's exported pair (value_head.bin) and the reference's unsplit training
+checkpoint (`pretrained_model.`-prefixed tensors beside `v_head.*`); the reference's
+shapes are described in `reference_ppm.py`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from rstar_jax.models.qwen2 import (LAYER_PARAMS, LayerParam, Qwen2ForCausalLM, 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 VALUE_HEAD_FILE = "value_head.safetensors"
+REFERENCE_VALUE_HEAD_FILE = "value_head.bin"   # the reference's exported head (reference_ppm.py)
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3  # transformers' default max_shard_size (5GB)
 
 
@@ -84,7 +91,7 @@ class _TensorReader:
     def has(self, name: str) -> bool:
         return name in self.weight_map
 
-    def get(self, name: str) -> np.ndarray:
+    def _handle(self, name: str):
         if name not in self.weight_map:
             raise CheckpointError(f"{self.path}: missing tensor {name!r}")
         fname = self.weight_map[name]
@@ -93,10 +100,23 @@ class _TensorReader:
             if not os.path.isfile(fpath):
                 raise CheckpointError(f"{self.path}: index names {fname} for {name!r}, file is missing")
             self._handles[fname] = safe_open(fpath, framework="np")
+        return self._handles[fname], fname
+
+    def get(self, name: str) -> np.ndarray:
+        handle, fname = self._handle(name)
         try:
-            return self._handles[fname].get_tensor(name)
+            return handle.get_tensor(name)
         except Exception as e:  # a corrupt or truncated file
             raise CheckpointError(f"{os.path.join(self.path, fname)}: cannot read {name!r}: {e}") from e
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape, read from the file header without loading the tensor."""
+        handle, fname = self._handle(name)
+        try:
+            return tuple(handle.get_slice(name).get_shape())
+        except Exception as e:
+            raise CheckpointError(
+                f"{os.path.join(self.path, fname)}: cannot read {name!r}: {e}") from e
 
     def close(self):
         self._handles.clear()
@@ -191,43 +211,162 @@ def load_pretrained(path: str | os.PathLike, *, dtype="bfloat16", mesh=None, rul
     return _build(model_fn, params)
 
 
-def load_ppm(path: str | os.PathLike, *, dtype="bfloat16", mesh=None, rules=None,
-             remat: bool = False, init_value_head_seed: int | None = None) -> Qwen2PPM:
-    """A PPM from a directory written by `save_pretrained` (trunk + value_head.safetensors).
+# The PPM shapes `load_ppm` reads, in the order it looks for them.
+PPM_OURS = "ours"                          # trunk + value_head.safetensors
+PPM_REFERENCE_EXPORT = "reference_export"  # trunk + value_head.bin (reference save_rm.py)
+PPM_REFERENCE_UNSPLIT = "reference_unsplit"  # one state dict (reference train_RM.py)
+PPM_POLICY = "policy"                      # a policy: no value head anywhere
 
-    With `init_value_head_seed`, a policy directory without a value head is accepted and
-    the head is freshly initialised (the reference re-initialises the PPM from the policy).
+
+def _ppm_shapes_text() -> str:
+    return (f"(1) ours: config.json + model safetensors + {VALUE_HEAD_FILE}; (2) the "
+            "reference's exported pair (train/save_rm.py): config.json + model safetensors "
+            "+ value_head.bin; (3) the reference's unsplit training checkpoint "
+            "(train/train_RM.py): safetensors with 'pretrained_model.'-prefixed tensors "
+            "beside v_head.* tensors")
+
+
+def _found_text(path: str, reader: "_TensorReader | None", why: str = "") -> str:
+    files = sorted(os.listdir(path)) if os.path.isdir(path) else []
+    shown = ", ".join(files[:10]) + (f", ... ({len(files)} files)" if len(files) > 10 else "")
+    text = f"found: {shown or 'no files'}"
+    if reader is not None:
+        names = sorted(reader.weight_map)
+        heads = [n for n in names if n.startswith("v_head.")]
+        prefixed = sum(n.startswith("pretrained_model.") for n in names)
+        text += (f"; its safetensors hold {len(names)} tensors, {prefixed} prefixed "
+                 f"'pretrained_model.', value head tensors: {heads or 'none'}")
+    return text + (f" ({why})" if why else "")
+
+
+def detect_ppm_shape(path: str | os.PathLike) -> str:
+    """Which PPM shape the directory holds: PPM_OURS, PPM_REFERENCE_EXPORT,
+    PPM_REFERENCE_UNSPLIT or PPM_POLICY (trunk weights, no value head).
+
+    Raises CheckpointError naming the three shapes and what was found when the
+    directory holds no model weights at all.
     """
+    from rstar_jax.models import reference_ppm as ref
     path = os.path.expanduser(os.fspath(path))
-    cfg = Qwen2Config.from_pretrained(path)
-    dtype = resolve_dtype(dtype)
-    vh_path = os.path.join(path, VALUE_HEAD_FILE)
-    seed = 0 if init_value_head_seed is None else init_value_head_seed
-    model_fn = lambda: Qwen2PPM(cfg, dtype=dtype, remat=remat, rngs=nnx.Rngs(seed))  # noqa: E731
-    shardings = _param_shardings(model_fn, mesh, rules)
-    reader = _TensorReader(path)
+    if os.path.isfile(os.path.join(path, VALUE_HEAD_FILE)):
+        return PPM_OURS
+    if os.path.isfile(os.path.join(path, REFERENCE_VALUE_HEAD_FILE)):
+        return PPM_REFERENCE_EXPORT
     try:
-        backbone = _read_params(reader, cfg, dtype, shardings and shardings["backbone"])
+        reader = _TensorReader(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: not a PPM checkpoint; expected one of "
+                              f"{_ppm_shapes_text()}; {_found_text(path, None, str(e))}") from e
+    try:
+        if ref.is_unsplit(reader.weight_map):
+            return PPM_REFERENCE_UNSPLIT
+        if any(n.startswith(ref.UNSPLIT_PREFIX) for n in reader.weight_map):
+            raise CheckpointError(
+                f"{path}: 'pretrained_model.'-prefixed tensors without v_head.* tensors; "
+                f"not a PPM in any known shape: {_ppm_shapes_text()}; "
+                f"{_found_text(path, reader)}")
+        return PPM_POLICY
     finally:
         reader.close()
-    if os.path.isfile(vh_path):
+
+
+def _ppm_config(path: str, shape: str, config_dir, reader: "_TensorReader", prefix: str):
+    """The architecture of a PPM directory: its config.json, else `config_dir`'s.
+
+    The unsplit checkpoint has none (HF Trainer saves a plain module's state dict only),
+    and its embeddings were resized to the PPM tokenizer (train_RM.py), so the vocab
+    size is read from the embedding tensor.
+    """
+    own = os.path.join(path, "config.json")
+    if os.path.isfile(own):
+        cfg = Qwen2Config.from_pretrained(path)
+    elif config_dir is not None:
+        cfg = Qwen2Config.from_pretrained(os.path.expanduser(os.fspath(config_dir)))
+    elif shape == PPM_REFERENCE_UNSPLIT:
+        raise CheckpointError(
+            f"{path}: the reference's unsplit PPM checkpoint has no config.json (HF Trainer "
+            "saves only the state dict); pass config_dir=<the policy it was trained from, "
+            "save_rm.py's --sft_model_path>, or copy that config.json here")
+    else:
+        cfg = Qwen2Config.from_pretrained(path)     # the usual config.json error
+    if shape == PPM_REFERENCE_UNSPLIT:
+        vocab, hidden = reader.shape(prefix + "model.embed_tokens.weight")
+        if hidden != cfg.hidden_size:
+            raise CheckpointError(
+                f"{path}: embed_tokens has hidden size {hidden}, the config says "
+                f"{cfg.hidden_size}; config_dir must be the policy this PPM was trained from")
+        cfg = cfg.replace(vocab_size=int(vocab))
+    return cfg
+
+
+def _value_head_tensors(path: str, shape: str, reader: "_TensorReader",
+                        cfg: Qwen2Config) -> tuple[np.ndarray, np.ndarray] | None:
+    """(weight [1, D], bias [1]) of the PPM's value head, or None for a policy."""
+    from rstar_jax.models import reference_ppm as ref
+    if shape == PPM_OURS:
+        vh_path = os.path.join(path, VALUE_HEAD_FILE)
         with safe_open(vh_path, framework="np") as f:
             names = set(f.keys())
             for k in ("v_head.weight", "v_head.bias"):
                 if k not in names:
                     raise CheckpointError(f"{vh_path}: missing tensor {k!r}")
-            w = _checked("v_head.weight", f.get_tensor("v_head.weight"), (1, cfg.hidden_size), vh_path)
-            b = _checked("v_head.bias", f.get_tensor("v_head.bias"), (1,), vh_path)
+            w, b, source = f.get_tensor("v_head.weight"), f.get_tensor("v_head.bias"), vh_path
+    elif shape == PPM_REFERENCE_EXPORT:
+        source = os.path.join(path, REFERENCE_VALUE_HEAD_FILE)
+        w, b = ref.value_head_arrays(ref.read_value_head_bin(source), source, strict=True)
+    elif shape == PPM_REFERENCE_UNSPLIT:
+        source = path
+        heads = {n: reader.get(n) for n in reader.weight_map
+                 if n.startswith(ref.VALUE_HEAD_PREFIX)}
+        w, b = ref.value_head_arrays(heads, source, strict=True)
+    else:
+        return None
+    return (_checked("value head weight", w, (1, cfg.hidden_size), source),
+            _checked("value head bias", b, (1,), source))
+
+
+def load_ppm(path: str | os.PathLike, *, dtype="bfloat16", mesh=None, rules=None,
+             remat: bool = False, init_value_head_seed: int | None = None,
+             config_dir: str | os.PathLike | None = None) -> Qwen2PPM:
+    """A PPM from a directory in any of three shapes (`detect_ppm_shape`).
+
+    Shapes, looked for in this order: ours (`save_pretrained`: trunk +
+    value_head.safetensors); the reference's exported pair (trunk + value_head.bin,
+    train/save_rm.py; needs torch); the reference's unsplit training checkpoint
+    (`pretrained_model.*` + `v_head.*` in one state dict, train/train_RM.py). The
+    unsplit checkpoint has no config.json: pass `config_dir`, the policy it was trained
+    from (any directory without config.json reads it from there).
+
+    With `init_value_head_seed`, a policy directory without a value head is accepted and
+    the head is freshly initialised (the reference re-initialises the PPM from the policy).
+    """
+    path = os.path.expanduser(os.fspath(path))
+    shape = detect_ppm_shape(path)
+    if shape == PPM_POLICY and init_value_head_seed is None:
+        raise CheckpointError(
+            f"{path}: no value head; this is a policy checkpoint (pass init_value_head_seed=... "
+            f"to start a PPM from it), not a PPM in any of these shapes: {_ppm_shapes_text()}; "
+            f"{_found_text(path, None)}")
+    prefix = "pretrained_model." if shape == PPM_REFERENCE_UNSPLIT else ""
+    dtype = resolve_dtype(dtype)
+    seed = 0 if init_value_head_seed is None else init_value_head_seed
+    reader = _TensorReader(path)
+    try:
+        cfg = _ppm_config(path, shape, config_dir, reader, prefix)
+        model_fn = lambda: Qwen2PPM(cfg, dtype=dtype, remat=remat, rngs=nnx.Rngs(seed))  # noqa: E731
+        shardings = _param_shardings(model_fn, mesh, rules)
+        head = _value_head_tensors(path, shape, reader, cfg)
+        backbone = _read_params(reader, cfg, dtype, shardings and shardings["backbone"], prefix)
+    finally:
+        reader.close()
+    if head is not None:
+        w, b = head
         v_head = {"kernel": _to_device(w.T, dtype, shardings and shardings["v_head"]["kernel"]),
                   "bias": _to_device(b, dtype, shardings and shardings["v_head"]["bias"])}
-    elif init_value_head_seed is not None:
+    else:
         fresh = ValueHead(cfg.hidden_size, dtype=dtype, rngs=nnx.Rngs(seed))
         v_head = {k: _to_device(np.asarray(getattr(fresh, k)[...]), dtype,
                                 shardings and shardings["v_head"][k]) for k in ("kernel", "bias")}
-    else:
-        raise CheckpointError(
-            f"{path}: no {VALUE_HEAD_FILE}; this is a policy checkpoint. Pass "
-            "init_value_head_seed=... to start a PPM from it")
     return _build(model_fn, {"backbone": backbone, "v_head": v_head})
 
 
@@ -265,15 +404,28 @@ _TORCH_DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(ml_dtypes.bfloat
 
 
 def save_pretrained(model: Qwen2ForCausalLM | Qwen2PPM, path: str | os.PathLike, *,
-                    tokenizer=None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+                    tokenizer=None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                    reference_format: bool = False) -> None:
     """Write `model` as a Hugging Face checkpoint directory (transformers/vLLM layout).
 
     Files over `max_shard_bytes` are split as `model-0000i-of-0000n.safetensors` with a
-    `model.safetensors.index.json`, as transformers does.
+    `model.safetensors.index.json`, as transformers does. A PPM's value head goes to
+    `value_head.safetensors`; with `reference_format=True` it goes to the reference's
+    `value_head.bin` instead (torch.save of `v_head.summary.{weight,bias}`, needs torch),
+    so the directory is the pair train/save_rm.py exports and the reference's vLLM
+    reward path loads (pass `tokenizer` too: the reference reads it from the same
+    directory). Either way a value head file of the other shape is removed, so
+    `load_ppm` never reads a stale head.
     """
+    is_ppm = isinstance(model, Qwen2PPM)
+    if reference_format and not is_ppm:
+        raise ValueError("save_pretrained: reference_format=True is for a PPM (Qwen2PPM); a "
+                         "policy is already in the reference's layout")
+    if reference_format:
+        from rstar_jax.models import reference_ppm as ref
+        ref.torch_for_saving()       # fail before anything is written
     path = os.path.expanduser(os.fspath(path))
     os.makedirs(path, exist_ok=True)
-    is_ppm = isinstance(model, Qwen2PPM)
     params = params_of(model)
     trunk = params["backbone"] if is_ppm else params
     cfg = model.cfg
@@ -305,9 +457,16 @@ def save_pretrained(model: Qwen2ForCausalLM | Qwen2PPM, path: str | os.PathLike,
                      os.path.join(path, INDEX_FILE))
     if is_ppm:
         vh = params["v_head"]
-        _atomic_safetensors({"v_head.weight": np.ascontiguousarray(_host(vh["kernel"]).T),
-                             "v_head.bias": _host(vh["bias"])},
-                            os.path.join(path, VALUE_HEAD_FILE))
+        weight, bias = np.ascontiguousarray(_host(vh["kernel"]).T), _host(vh["bias"])
+        ours = os.path.join(path, VALUE_HEAD_FILE)
+        theirs = os.path.join(path, REFERENCE_VALUE_HEAD_FILE)
+        if reference_format:
+            ref.write_value_head_bin(weight, bias, theirs, dtype_name=dtype_name)
+        else:
+            _atomic_safetensors({"v_head.weight": weight, "v_head.bias": bias}, ours)
+        stale = ours if reference_format else theirs
+        if os.path.exists(stale):
+            os.remove(stale)
     _atomic_json(cfg.to_hf_dict(torch_dtype=dtype_name), os.path.join(path, "config.json"))
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
