@@ -10,7 +10,6 @@ runs; real runs read config.json of the local checkpoint directory instead
 
 from __future__ import annotations
 
-import json
 import os
 
 import ml_collections
@@ -32,7 +31,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"configs/model.py: unknown model preset {arg!r}; choose one of {PRESETS}")
     c = ml_collections.ConfigDict()
     c.name = arg
-    c.dtype = "bfloat16"
     c.rms_norm_eps = 1e-6
     # Qwen2.5-Math keeps the original RoPE base and a 4K context (Qwen2.5-Math-1.5B/7B
     # config.json: rope_theta 10000, max_position_embeddings 4096), unlike Qwen2.5 (1e6, 32K).
@@ -48,7 +46,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.num_key_value_heads = 2
         c.tie_word_embeddings = True
         c.max_position_embeddings = 1024
-        c.dtype = "float32"
     elif arg == "tiny-evolve":
         # The embedded self-evolution default (configs/tiny.py): ~0.85M parameters, the
         # size at which a probe on this CPU learned multi-term sums in minutes.
@@ -60,7 +57,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.num_key_value_heads = 2
         c.tie_word_embeddings = True
         c.max_position_embeddings = 1024
-        c.dtype = "float32"
     elif arg == "qwen2.5-math-1.5b":
         # Qwen/Qwen2.5-Math-1.5B config.json
         c.vocab_size = 151936
@@ -86,12 +82,9 @@ def _from_checkpoint(path: str) -> ml_collections.ConfigDict:
     """The architecture fields of `path`/config.json (the real numbers of a checkpoint)."""
     from rstar_jax.models.config import Qwen2Config
     cfg = Qwen2Config.from_pretrained(path)          # validates model_type and fields
-    with open(os.path.join(path, "config.json")) as f:
-        raw = json.load(f)
     c = ml_collections.ConfigDict()
     c.name = os.path.basename(os.path.normpath(path))
     c.checkpoint = path
-    c.dtype = raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"
     for k in _ARCH_FIELDS:
         if k == "head_dim":
             if cfg.head_dim_override:

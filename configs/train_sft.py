@@ -44,7 +44,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         keep=3,
         async_save=True))
     c.log_every = 1
-    c.eval_every = 0          # SFT has no held-out set in the reference
     c.max_steps = -1          # > 0 stops early (the schedule still spans all epochs)
     c.export_dtype = "bfloat16"   # the exported HF policy (what search loads)
     c.tensorboard = False     # needs tensorboardX

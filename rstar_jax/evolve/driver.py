@@ -223,7 +223,8 @@ def describe_plan(p: Prepared) -> str:
     s, wd = p.settings, p.workdir
     lines = [f"run {s.name} ({s.kind} config) in {wd.root}"]
     arch = Qwen2Config.from_config_dict(s.model["arch"])
-    lines.append(f"model: {s.model['init']} {s.model['base'] or s.model['arch'].get('name', '')}; "
+    source = s.model["base"] or s.model["arch"].get("checkpoint") or s.model["arch"].get("name", "")
+    lines.append(f"model: {s.model['init']} {source}; "
                  f"shape {arch.num_hidden_layers} layers x {arch.hidden_size} hidden, "
                  f"{arch.num_attention_heads}/{arch.num_key_value_heads} q/kv heads, vocab "
                  f"{arch.vocab_size}, ~{_param_count(arch) / 1e6:.1f}M parameters")
