@@ -56,6 +56,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.error_substring = True
     c.batch_size = 3000          # problems advanced in lock-step; sft_sample_mcts.yaml (§2.8)
     c.initial_num_slots = 256    # node slots allocated per tree; trees grow by doubling
+    # Chunks searched at once (ours): with 2, one chunk's code runs and grading happen on
+    # the host while the device generates the other's next level; 1 is the plain serial
+    # path. The trees are the same either way.
+    c.chunks_in_flight = 2
     c.seed = 0                   # first run's seed; run r uses seed + r (fixes quirk 8, §2.4)
     # The reference puts "\n\n" before <|assistant|> at search time but "\n" in training
     # (§3.1, quirk 9); False uses the training form everywhere (step_format.build_prompt).

@@ -82,7 +82,10 @@ def get_config():
         mistake_rate=0.3,            # a step is wrong this often at T > 0
         mistake_kinds=ml_collections.ConfigDict(dict(operator=0.35, off_by_one=0.35, drop=0.2,
                                                      typo=0.1)),
-        seed=0))
+        seed=0,
+        # Chain sums copy two terms of the expression per code step: a tiny model learns
+        # to continue a copy far sooner than to find the k-th term of a question.
+        terms_per_step=2))
     c.problems = problem_sets()
     c.engine = engine_config.get_config("tiny")
     c.engine.slots = 128             # CPU batch: one chunk of a level in a few decode calls

@@ -117,3 +117,26 @@ def test_a_prompt_that_no_longer_fits_ends_as_a_named_terminal():
     assert all(n.terminal and n.q_value == -1.0 and n.visit_count == 1 for n in full)
     assert summary["context_full"] == 2 and summary["finished"] == 2
     assert not sf.is_valid_final_answer(sf.CONTEXT_FULL)
+
+
+def test_two_chunks_in_flight_grow_the_serial_trees():
+    """Overlapping one chunk's host work with another's device work changes nothing: the
+    trees, values and visits are the plain serial path's (proposals are a function of the
+    prompt, as with the engine's prompt-keyed seeds)."""
+    from test_search_fakes import Result, ScriptedProposer
+
+    class Exec:
+        def run(self, programs):
+            return [Result("ZeroDivisionError: boom", error=True) if "boom" in p else
+                    Result(str(len(p))) for p in programs]
+
+    problems = [{"question": f"Q{i}", "answer": str(i % 3)} for i in range(11)]
+    out = {}
+    for k in (1, 2):
+        cfg = load_search_config("round2", num_rollouts=3, num_children=3, max_depth=5,
+                                 batch_size=3, initial_num_slots=8, chunks_in_flight=k)
+        trees = mcts.search(problems, ScriptedProposer(seed=5), Exec(), cfg, answer_fn=answer_fn,
+                            grade_fn=grade_fn, progress=False)
+        out[k] = [t.to_rstar_json() for t in trees]
+    assert out[1] == out[2]
+    assert sum(len(t) for t in out[1]) > 3 * len(problems)

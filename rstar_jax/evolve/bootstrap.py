@@ -54,11 +54,13 @@ LEGS = {
 @dataclasses.dataclass(frozen=True)
 class BootstrapSettings:
     """mistake_rate: chance that one sampled step is wrong; kind_weights: relative
-    frequency of each kind in MISTAKE_KINDS; seed: base of every sample's stream."""
+    frequency of each kind in MISTAKE_KINDS; seed: base of every sample's stream;
+    terms_per_step: terms of a chain sum each code step writes."""
 
     mistake_rate: float
     kind_weights: tuple[float, ...]
     seed: int
+    terms_per_step: int = 1
 
     @classmethod
     def from_config(cls, c: Mapping, where: str = "config.bootstrap") -> "BootstrapSettings":
@@ -74,7 +76,10 @@ class BootstrapSettings:
         w = tuple(float(weights.get(k, 0.0)) for k in MISTAKE_KINDS)
         if min(w) < 0 or sum(w) <= 0:
             raise ValueError(f"{where}.mistake_kinds: weights must be >= 0 with a positive sum")
-        return cls(float(rate), w, int(c["seed"]))
+        tps = c["terms_per_step"]
+        if isinstance(tps, bool) or not isinstance(tps, int) or tps < 1:
+            raise ValueError(f"{where}.terms_per_step must be an integer >= 1, got {tps!r}")
+        return cls(float(rate), w, int(c["seed"]), tps)
 
 
 def question_of(prompt: str) -> tuple[str, str]:
@@ -103,7 +108,7 @@ class _Step:
     numbers: list[int] = dataclasses.field(default_factory=list)   # editable literals
 
 
-def _plan_chain(expr: str) -> list[_Step] | None:
+def _plan_chain(expr: str, terms_per_step: int = 1) -> list[_Step] | None:
     tokens = expr.split()
     if len(tokens) < 3 or len(tokens) % 2 == 0:
         return None
@@ -114,10 +119,24 @@ def _plan_chain(expr: str) -> list[_Step] | None:
         return None
     if any(op not in "+-" for op, _ in rest):
         return None
-    steps = [_Step("start from the first number", [f"total = {first}"], [first])]
-    for op, n in rest:
-        verb = "add" if op == "+" else "subtract"
-        steps.append(_Step(f"{verb} {n}", [f"total = total {op} {n}"], [n]))
+    if terms_per_step <= 1:
+        steps = [_Step("start from the first number", [f"total = {first}"], [first])]
+        for op, n in rest:
+            verb = "add" if op == "+" else "subtract"
+            steps.append(_Step(f"{verb} {n}", [f"total = total {op} {n}"], [n]))
+    else:
+        # Each step copies the next `terms_per_step` terms as written, continuing where
+        # the previous step stopped (what a small model copies most easily).
+        terms = [("", first)] + rest
+        steps = []
+        for start in range(0, len(terms), terms_per_step):
+            chunk = terms[start:start + terms_per_step]
+            text = " ".join(f"{op} {n}".strip() for op, n in chunk)
+            which = "the first" if start == 0 else "the last" \
+                if start + terms_per_step >= len(terms) else "the next"
+            count = f"{len(chunk)} terms" if len(chunk) > 1 else "term"
+            lhs = text if start == 0 else f"total {text}"
+            steps.append(_Step(f"add {which} {count}", [f"total = {lhs}"], [n for _, n in chunk]))
     steps[-1].lines.append("print(total)")
     return steps
 
@@ -171,12 +190,17 @@ def _plan_legs(items: str) -> list[_Step] | None:
     return steps
 
 
-def plan_for(question: str) -> list[_Step] | None:
-    """The correct code steps for a question this program understands, else None."""
+def plan_for(question: str, terms_per_step: int = 1) -> list[_Step] | None:
+    """The correct code steps for a question this program understands, else None.
+
+    `terms_per_step`: chain sums write one term per step (1) or copy that many terms of
+    the expression per step."""
     for pattern, planner in ((_CHAIN, _plan_chain), (_EQUATION, _plan_equation),
                              (_LEGS, _plan_legs), (_CALC, _plan_calc)):
         m = pattern.search(question)
         if m:
+            if planner is _plan_chain:
+                return planner(m.group(1).strip(), terms_per_step)
             return planner(m.group(1).strip())
     return None
 
@@ -264,7 +288,7 @@ class BootstrapProposer:
                 except ValueError:
                     pass
             return f"\n{sf.ANSWER}The answer is \\boxed{{{value}}}.{sf.END_OF_ANSWER}"
-        plan = plan_for(question)
+        plan = plan_for(question, self.settings.terms_per_step)
         if plan is None:
             return (f"{sf.CODE}\n# Step 1: I do not know how to solve this; guess 0\n"
                     f"print(0)\n{sf.END_OF_CODE}")
@@ -288,7 +312,7 @@ class BootstrapProposer:
 
     def solution(self, question: str) -> str:
         """The full correct solution text up to `<end_of_code>` (for tests and docs)."""
-        plan = plan_for(question)
+        plan = plan_for(question, self.settings.terms_per_step)
         if plan is None:
             raise ValueError(f"the bootstrap does not understand {question!r}")
         return "".join(_render(s, i + 1, i == 0, i == len(plan) - 1) for i, s in enumerate(plan))

@@ -167,11 +167,13 @@ def tiny_corpus(p: Prepared) -> list[str]:
     """Text the tiny tokenizer learns its merges from: the training questions and the
     bootstrap's correct solutions to a few of them (so numbers and step words are short)."""
     from rstar_jax.evolve.bootstrap import BootstrapProposer, BootstrapSettings, plan_for
-    boot = BootstrapProposer(BootstrapSettings(0.0, (1.0, 0, 0, 0), 0))
+    b = p.settings.bootstrap
+    boot = BootstrapProposer(BootstrapSettings(0.0, (1.0, 0, 0, 0), 0,
+                                               int(b.get("terms_per_step", 1))))
     texts = []
     for prob in p.train_problems[:400]:
         texts.append(prob["question"])
-        if plan_for(prob["question"]) is not None:
+        if plan_for(prob["question"], boot.settings.terms_per_step) is not None:
             texts.append(boot.solution(prob["question"]))
     return texts
 

@@ -132,7 +132,8 @@ class RunSettings:
         if kind_b == "checkpoint":
             _fields(boot, f"{where}.bootstrap", ("kind", "path"))
         else:
-            _fields(boot, f"{where}.bootstrap", ("kind", "mistake_rate", "mistake_kinds", "seed"))
+            _fields(boot, f"{where}.bootstrap", ("kind", "mistake_rate", "mistake_kinds", "seed",
+                                                 "terms_per_step"))
             BootstrapSettings.from_config(boot, f"{where}.bootstrap")
 
         problems = c["problems"]

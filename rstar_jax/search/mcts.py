@@ -13,6 +13,7 @@ Host code (texts, subprocesses, files) lives in this file; array code lives in `
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -201,14 +202,12 @@ def _score(ch: _Chunk, to_score: list[tuple], scorer, out: _LevelValues) -> None
             n.terminal = True
 
 
-def _level(ch: _Chunk, cur: np.ndarray, proposer, executor, scorer, hooks: Hooks,
-           rollout: int, stats: dict) -> np.ndarray:
-    """One tree level for every tree of the chunk; returns the next selected nodes."""
+def _host_level(ch: _Chunk, cur: np.ndarray, expand_rows: list[int], fit_rows: list[int],
+                proposals: list[list[str]], executor, scorer, hooks: Hooks, rollout: int,
+                stats: dict) -> tuple[_LevelValues, list[tuple]]:
+    """The host half of a level: new nodes, their code runs and grades (no device work)."""
     cfg = ch.cfg
-    active = cur >= 0
-    expand_rows = [b for b in np.flatnonzero(active) if not ch.trees[b].nodes[cur[b]].children]
     out = _LevelValues.empty(ch.rows, ch.k)
-    fit_rows, proposals = _propose(ch, expand_rows, cur, proposer, stats)
     for b in sorted(set(expand_rows) - set(fit_rows)):
         # The prompt leaves no room for a next step: a named invalid terminal child.
         ch.trees[b].add_child(int(cur[b]), final_answer=CONTEXT_FULL, terminal=True,
@@ -219,11 +218,17 @@ def _level(ch: _Chunk, cur: np.ndarray, proposer, executor, scorer, hooks: Hooks
     for b, props in zip(fit_rows, proposals):
         pending += expand.pending_children(ch.trees[b], b, int(cur[b]), props, hooks.answer_fn)
     results = expand.run_programs(executor, pending)
-    _score(ch, _add_children(ch, pending, results, hooks, scorer, rollout, out), scorer, out)
+    return out, _add_children(ch, pending, results, hooks, scorer, rollout, out)
 
+
+def _finish_level(ch: _Chunk, cur: np.ndarray, out: _LevelValues, to_score: list[tuple],
+                  scorer) -> np.ndarray:
+    """The device half: PPM scores, then one jitted update; returns the next nodes."""
+    cfg = ch.cfg
+    _score(ch, to_score, scorer, out)
     ch.ensure_capacity(out.num_new)
     ch.dev, nxt, overflow = device_tree.level_update(
-        ch.dev, cur.astype(np.int32), active, out.num_new, out.terminal, out.values, out.modes,
+        ch.dev, cur.astype(np.int32), cur >= 0, out.num_new, out.terminal, out.values, out.modes,
         out.make_terminal, max_path=cfg.max_depth + 2, **ch.kw)
     ch.num_nodes += out.num_new
     if np.asarray(overflow).any():
@@ -233,8 +238,10 @@ def _level(ch: _Chunk, cur: np.ndarray, proposer, executor, scorer, hooks: Hooks
     return np.asarray(nxt)
 
 
-def _run_chunk(ch: _Chunk, proposer, executor, scorer, hooks: Hooks, on_finished,
-               stats: dict) -> None:
+def _chunk_steps(ch: _Chunk, proposer, executor, scorer, hooks: Hooks, on_finished,
+                 stats: dict):
+    """A chunk's whole search as a generator: device work runs inline; each level's host
+    work is yielded as a function, whose result is sent back (`_drive`)."""
     cfg = ch.cfg
     done = np.zeros(ch.rows, bool)
     done[len(ch.trees):] = True
@@ -244,7 +251,13 @@ def _run_chunk(ch: _Chunk, proposer, executor, scorer, hooks: Hooks, on_finished
         for _ in range(cfg.max_depth):
             if not (cur >= 0).any():
                 break
-            cur = _level(ch, cur, proposer, executor, scorer, hooks, rollout, stats)
+            expand_rows = [b for b in np.flatnonzero(cur >= 0)
+                           if not ch.trees[b].nodes[cur[b]].children]
+            fit_rows, proposals = _propose(ch, expand_rows, cur, proposer, stats)
+            out, to_score = yield functools.partial(
+                _host_level, ch, cur, expand_rows, fit_rows, proposals, executor, scorer, hooks,
+                rollout, stats)
+            cur = _finish_level(ch, cur, out, to_score, scorer)
             ch.path_log.append(cur.copy())
         # A tree whose root became terminal can never change again: hand it out now.
         root_term = np.asarray(ch.dev.terminal[:, device_tree.ROOT_INDEX])
@@ -257,6 +270,46 @@ def _run_chunk(ch: _Chunk, proposer, executor, scorer, hooks: Hooks, on_finished
     rest = [b for b in range(len(ch.trees)) if not done[b]]
     ch.finish(rest)
     on_finished([ch.trees[b] for b in rest])
+
+
+def _drive(programs: list, in_flight: int) -> None:
+    """Run chunk generators, up to `in_flight` at once.
+
+    With one, every level is serial: device, then host, then device. With two, while one
+    chunk's host work (code runs, grading) goes on in a helper thread, the other chunk's
+    device work (generation, PPM scores, tree updates) runs here. Each chunk still makes
+    the same calls in the same order, so its trees are the serial path's exactly.
+    """
+    import concurrent.futures
+    queue = list(programs)
+    if in_flight <= 1:
+        for gen in queue:
+            task = next(gen, None)
+            while task is not None:
+                try:
+                    task = gen.send(task())
+                except StopIteration:
+                    break
+        return
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mcts-host") as pool:
+        active: list[tuple] = []        # (generator, future of its host work)
+
+        def start(gen):
+            try:
+                active.append((gen, pool.submit(next(gen))))
+            except StopIteration:
+                pass
+
+        while queue and len(active) < in_flight:
+            start(queue.pop(0))
+        while active:
+            gen, fut = active.pop(0)
+            try:
+                task = gen.send(fut.result())
+                active.append((gen, pool.submit(task)))
+            except StopIteration:
+                if queue:
+                    start(queue.pop(0))
 
 
 # ------------------------------------------------------------------------- public API
@@ -322,11 +375,10 @@ def search(problems: Sequence[Any], proposer: Any, executor: Any, config: Any,
             stats["finished"] += len(done)
             if bar is not None:
                 bar.update(len(done))
-    chunks = []
-    for s in range(0, len(todo), cfg.batch_size):
-        ch = _Chunk([trees_all[i] for i in todo[s: s + cfg.batch_size]], cfg)
-        _run_chunk(ch, proposer, executor, scorer, hooks, on_finished, stats)
-        chunks.append(ch)
+    chunks = [_Chunk([trees_all[i] for i in todo[s: s + cfg.batch_size]], cfg)
+              for s in range(0, len(todo), cfg.batch_size)]
+    _drive([_chunk_steps(ch, proposer, executor, scorer, hooks, on_finished, stats)
+            for ch in chunks], cfg.chunks_in_flight)
     if bar is not None:
         bar.close()
     return (trees_all, chunks) if return_chunks else trees_all

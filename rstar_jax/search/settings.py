@@ -127,6 +127,7 @@ class MCTSSettings:
     ppm_init_children: bool
     error_substring: bool
     batch_size: int
+    chunks_in_flight: int
     initial_num_slots: int
     seed: int
     reference_prompt_newlines: bool
@@ -142,7 +143,7 @@ class MCTSSettings:
             return config
         c = _read(_section(config, where), dataclasses.fields(cls), where)
         for name in ("num_rollouts", "num_children", "max_depth", "errors_threshold",
-                     "batch_size", "initial_num_slots"):
+                     "batch_size", "initial_num_slots", "chunks_in_flight"):
             _at_least(where, name, c[name], 1)
         if c["unvisited_score"] not in UNVISITED_SCORES:
             raise ValueError(f"{where}.unvisited_score must be one of {UNVISITED_SCORES}, "
@@ -158,7 +159,7 @@ class MCTSSettings:
         c["greedy"] = GreedySettings.from_config(c["greedy"], f"{where}.greedy")
         c["vote"] = VoteSettings.from_config(c["vote"], f"{where}.vote")
         for name in ("num_rollouts", "num_children", "max_depth", "errors_threshold",
-                     "batch_size", "initial_num_slots", "seed"):
+                     "batch_size", "initial_num_slots", "chunks_in_flight", "seed"):
             c[name] = int(c[name])
         for name in ("temperature", "c_puct", "positive_reward", "negative_reward"):
             c[name] = float(c[name])
