@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 from configs import model as model_presets  # noqa: E402
 from rstar_jax.engine.decode_attention import write_and_attend_pallas, write_and_attend_xla  # noqa: E402
-from rstar_jax.models import layers as Lyr  # noqa: E402
+from rstar_jax.models.layers import rope_tables  # noqa: E402
 from rstar_jax.models.config import Qwen2Config, resolve_dtype  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def main(argv=None):
     qkv = jax.random.normal(k1, (s, g, r + 2, dh), dtype)
     cache = lambda kk: jax.random.normal(kk, (s, g, t, dh), dtype)  # noqa: E731
     n = jnp.asarray(lengths)
-    cos, sin = Lyr.rope_tables(n[:, None], dh, cfg.rope_theta)
+    cos, sin = rope_tables(n[:, None], dh, cfg.rope_theta)
     act = jnp.ones((s,), bool)
     itemsize = jnp.dtype(dtype).itemsize
     live_bytes = 2 * int(lengths.sum() + s) * g * dh * itemsize   # K and V rows read once

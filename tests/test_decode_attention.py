@@ -13,7 +13,7 @@ from rstar_jax.engine.decode_attention import (decode_attention_xla, kernel_bloc
                                                check_pallas_shapes, resolve_impl,
                                                write_and_attend, write_and_attend_pallas,
                                                write_and_attend_xla)
-from rstar_jax.models import layers as Lyr
+from rstar_jax.models.layers import rope_tables
 from rstar_jax.models.sharding import make_mesh
 from engine_fixtures import CFG, ENGINE, make_params, prompts
 
@@ -31,7 +31,7 @@ def make_inputs(seed, s, g, r, dh, t, lengths, active=None, dtype=jnp.float32, g
     stale = np.arange(t)[None, None, :, None] >= lengths[:, None, None, None]
     k = np.where(stale, garbage, k)
     v = np.where(stale, -garbage, v)
-    cos, sin = Lyr.rope_tables(jnp.asarray(lengths)[:, None], dh, 10000.0)
+    cos, sin = rope_tables(jnp.asarray(lengths)[:, None], dh, 10000.0)
     active = np.ones(s, bool) if active is None else np.asarray(active, bool)
     return (jnp.asarray(qkv, dtype), cos[:, 0], sin[:, 0], jnp.asarray(k, dtype),
             jnp.asarray(v, dtype), jnp.asarray(lengths), jnp.asarray(active))

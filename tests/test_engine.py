@@ -195,3 +195,87 @@ def test_scorer_matches_forward_scores_per_prompt(tokenizer):
         want = float(forward_scores(p, TOK_CFG, ids, jnp.ones_like(ids))[0])
         assert abs(s - want) < 1e-5
     assert all(-1 < s < 1 for s in got) and len(set(got)) == len(got)
+
+
+def test_each_request_stops_at_its_own_stop_ids(params):
+    """Requests with different stop lists share one engine (and one compile): each one
+    stops exactly where an engine built with its list as the default would."""
+    ps = prompts(3, [6, 13, 4, 9])
+    free = [r[0].token_ids for r in GenerationEngine(params, CFG, **ENGINE).generate(
+        [Request(p, max_new_tokens=16) for p in ps])]
+    lists = [[free[0][2]], [free[1][4], free[1][6]], [], None]
+    default = [free[3][5]]
+    mixed = GenerationEngine(params, CFG, stop_token_ids=default, **ENGINE).generate(
+        [Request(p, max_new_tokens=16, stop_ids=s) for p, s in zip(ps, lists)])
+    for p, s, got in zip(ps, lists, mixed):
+        alone = GenerationEngine(params, CFG, stop_token_ids=default if s is None else s,
+                                 **ENGINE).generate([Request(p, max_new_tokens=16)])[0][0]
+        assert got[0].token_ids == alone.token_ids
+        assert got[0].stop_reason == alone.stop_reason
+    assert mixed[0][0].stop_reason == "stop" and len(mixed[0][0].token_ids) <= 3
+    assert mixed[2][0].stop_reason == "length"       # an empty list: no stop tag at all
+    with pytest.raises(ValueError, match="stop ids"):
+        GenerationEngine(params, CFG, **ENGINE).generate(
+            [Request(ps[0], max_new_tokens=4, stop_ids=list(range(20)))])
+
+
+def test_generation_compiles_nothing_after_warm_up(params):
+    """A workload that repeats the shapes of one already run compiles nothing new, even
+    with different prompts, sample counts, finishing orders and stop lists."""
+    counter = {"n": 0}
+
+    def listener(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            counter["n"] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    engine = GenerationEngine(params, CFG, stop_token_ids=[5, 9], **ENGINE)
+
+    def workload(seed):
+        rng = np.random.default_rng(seed)
+        reqs = [Request(p, num_samples=int(rng.integers(1, 4)), max_new_tokens=int(rng.integers(4, 17)),
+                        temperature=1.0, seed=int(rng.integers(1 << 30)),
+                        stop_ids=[int(t) for t in rng.integers(0, 128, size=2)])
+                for p in prompts(seed, rng.integers(3, 30, size=12).tolist())]
+        return engine.generate(reqs)
+
+    for seed in range(4):             # warm-up: every bucket these shapes reach
+        workload(seed)
+    before = counter["n"]
+    for seed in range(10, 13):
+        workload(seed)
+    assert counter["n"] == before, f"{counter['n'] - before} compiles after warm-up"
+
+
+def test_proposer_fits_and_prompt_keyed_seeds(tokenizer):
+    params = jax.tree.map(lambda x: x * 3 if x.ndim >= 2 else x,
+                          params_of(Qwen2ForCausalLM(TOK_CFG, rngs=nnx.Rngs(1))))
+    engine = GenerationEngine(params, TOK_CFG, stop_token_ids=stop_token_ids(tokenizer),
+                              eos_token_id=tokenizer.eos_token_id, **ENGINE)
+    short, other = "What is 2 + 3?", "Solve for x: x + 4 = 9."
+    too_long = "9 " * 200
+    assert EngineProposer(engine, tokenizer).fits([short, too_long]) == [True, False]
+
+    def sample(batch, seed=0):
+        prop = EngineProposer(engine, tokenizer, max_new_tokens=12, seed=seed)
+        return prop.propose(batch, num_samples=2, temperature=1.0)
+
+    # A prompt's samples do not depend on what it is batched with or where it sits.
+    alone = sample([short])[0]
+    assert sample([other, short])[1] == alone
+    assert sample([short], seed=1)[0] != alone
+    # The n-th request for one prompt gets its own stream; a new proposer starts over.
+    prop = EngineProposer(engine, tokenizer, max_new_tokens=12)
+    first, second = (prop.propose([short], 2, 1.0)[0] for _ in range(2))
+    assert first == alone and second != first
+    # Its own stop tags travel with its requests (the engine test above checks that each
+    # request stops at its own list).
+    sent = []
+    plain = EngineProposer(engine, tokenizer, max_new_tokens=12, stop_tags=("<end_of_answer>",))
+    real_generate = engine.generate
+    engine.generate = lambda reqs: sent.extend(reqs) or real_generate(reqs)
+    try:
+        plain.complete([short], 1, 0.0)
+    finally:
+        engine.generate = real_generate
+    assert [r.stop_ids for r in sent] == [tuple(stop_token_ids(tokenizer, ("<end_of_answer>",)))]

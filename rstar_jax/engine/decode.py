@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding
 from rstar_jax.engine.decode_attention import split_and_rotate, write_and_attend
 from rstar_jax.engine.kv_cache import KVCache
 from rstar_jax.engine.sampling import request_keys, sample_tokens, sample_tokens_static
-from rstar_jax.models import layers as Lyr
+from rstar_jax.models.layers import attention_output, grouped_attention, rms_norm, rope_tables
 from rstar_jax.models.config import Qwen2Config
 from rstar_jax.models.qwen2 import lm_head_kernel
 
@@ -40,6 +40,7 @@ class SlotState:
     stop_reason: int32, one of RUNNING, STOP_TAG, EOS, LENGTH, CACHE_FULL
     temperature, top_p: float32; top_k: int32
     keys: [S, 2] uint32 per-request PRNG keys
+    stop_ids: [S, M] int32 per-request stop token ids (padded with -1)
     out: [S, C] int32 generated tokens
     """
 
@@ -52,26 +53,29 @@ class SlotState:
     top_p: jax.Array
     top_k: jax.Array
     keys: jax.Array
+    stop_ids: jax.Array
     out: jax.Array
 
 
-def init_state(slots: int, capacity: int) -> SlotState:
+def init_state(slots: int, capacity: int, num_stop_ids: int = 4) -> SlotState:
     i32 = lambda v: jnp.full((slots,), v, jnp.int32)
     return SlotState(
         last_token=i32(0), done=jnp.ones((slots,), bool), num_generated=i32(0),
         max_new=i32(0), stop_reason=i32(RUNNING), temperature=jnp.zeros((slots,), jnp.float32),
         top_p=jnp.ones((slots,), jnp.float32), top_k=i32(-1),
-        keys=jnp.zeros((slots, 2), jnp.uint32), out=jnp.zeros((slots, capacity), jnp.int32))
+        keys=jnp.zeros((slots, 2), jnp.uint32),
+        stop_ids=jnp.full((slots, num_stop_ids), -1, jnp.int32),
+        out=jnp.zeros((slots, capacity), jnp.int32))
 
 
 def _record(st: SlotState, tok: jax.Array, active: jax.Array, lengths: jax.Array,
-            max_len: int, stop_ids: jax.Array, eos_id: jax.Array) -> SlotState:
+            max_len: int, eos_id: jax.Array) -> SlotState:
     """Append tok [S] to the active slots and decide which of them stop."""
     s, cap = st.out.shape
     out = st.out.at[jnp.arange(s), jnp.where(active, st.num_generated, cap)].set(tok, mode="drop")
     n = st.num_generated + active.astype(jnp.int32)
     reason = jnp.select(
-        [jnp.any(tok[:, None] == stop_ids[None, :], axis=-1), tok == eos_id,
+        [jnp.any((tok[:, None] == st.stop_ids) & (st.stop_ids >= 0), axis=-1), tok == eos_id,
          n >= st.max_new, lengths >= max_len],   # no room left to write the new token
         [STOP_TAG, EOS, LENGTH, CACHE_FULL], RUNNING)
     stops = active & (reason != RUNNING)
@@ -159,34 +163,33 @@ def decode_forward(params: dict, cfg: Qwen2Config, cache: KVCache, tokens: jax.A
     unchanged).
     """
     eps = cfg.rms_norm_eps
-    cos, sin = Lyr.rope_tables(cache.lengths[:, None], cfg.head_dim, cfg.rope_theta)
+    cos, sin = rope_tables(cache.lengths[:, None], cfg.head_dim, cfg.rope_theta)
     cos, sin = cos[:, 0], sin[:, 0]                                   # [S, Dh]
     h = jnp.take(params["embed"], tokens, axis=0)[:, None, :]       # [S, 1, D]
     ks, vs = [], []
     # A Python loop over separate layer buffers (not a scan over stacked ones): see
     # split_layers for why.
     for p, k_cache, v_cache in zip(params["layers"], cache.k, cache.v):
-        x = Lyr.rms_norm(h[:, 0], p["attn_norm"], eps)
+        x = rms_norm(h[:, 0], p["attn_norm"], eps)
         qkv = jnp.einsum("sd,dgjk->sgjk", x, p["qkv_kernel"]) + p["qkv_bias"]   # [S, G, R+2, Dh]
         attn, k_cache, v_cache = write_and_attend(
             qkv, cos, sin, k_cache, v_cache, cache.lengths, active, kv_len, attention,
             block_k=attn_block_k, shard=attn_shard)
-        h = h + Lyr.attention_output(p, attn[:, None])
-        h = h + _layer_mlp(p, Lyr.rms_norm(h, p["mlp_norm"], eps))
+        h = h + attention_output(p, attn[:, None])
+        h = h + _layer_mlp(p, rms_norm(h, p["mlp_norm"], eps))
         ks.append(k_cache)
         vs.append(v_cache)
-    h = Lyr.rms_norm(h[:, 0], params["final_norm"], eps)
+    h = rms_norm(h[:, 0], params["final_norm"], eps)
     logits = jnp.einsum("sd,dv->sv", h, lm_head_kernel(params, cfg)).astype(jnp.float32)
     return logits, cache.replace(k=tuple(ks), v=tuple(vs))
 
 
-def decode_steps(params: dict, cache: KVCache, state: SlotState, stop_ids: jax.Array,
-                 eos_id: jax.Array, *, cfg: Qwen2Config, num_steps: int, kv_len: int,
+def decode_steps(params: dict, cache: KVCache, state: SlotState, eos_id: jax.Array, *, cfg: Qwen2Config, num_steps: int, kv_len: int,
                  sampling: str = "sample", block: int = 8, attention: str = "xla",
                  attn_block_k: int = 32, attn_shard: tuple | None = None):
     """Up to num_steps tokens for every unfinished slot, without leaving the device.
 
-    stop_ids [n] int32 (pad with -1), eos_id scalar int32 (-1 = none); sampling is the
+    Each slot stops at its own `state.stop_ids`; eos_id scalar int32 (-1 = none); sampling is the
     static mode of `sample_tokens_static`. Tokens come in blocks of `block` fixed-count
     steps inside a while loop that ends once every slot is done: the fixed inner count
     spares the GPU a predicate round trip to the host per token, the outer check still
@@ -206,7 +209,7 @@ def decode_steps(params: dict, cache: KVCache, state: SlotState, stop_ids: jax.A
         c = c.replace(lengths=c.lengths + active.astype(jnp.int32))
         tok = sample_tokens_static(logits, st.keys, st.num_generated, st.temperature,
                                    st.top_p, st.top_k, mode=sampling)
-        return c, _record(st, tok, active, c.lengths, t, stop_ids, eos_id)
+        return c, _record(st, tok, active, c.lengths, t, eos_id)
 
     def cond(carry):
         i, _, st = carry
@@ -238,7 +241,7 @@ def prefill(params: dict, cache: KVCache, tokens: jax.Array, slots: jax.Array,
     positions = starts[:, None] + jnp.arange(p_len)[None, :]                  # [B, P]
     real = (jnp.arange(p_len)[None, :] < num_new[:, None]) & (slots < s)[:, None]
     rows = jnp.clip(slots, 0, s - 1)
-    cos, sin = Lyr.rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+    cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
     mask = jnp.arange(kv_len)[None, None, :] <= positions[:, :, None]          # [B, P, K]
     local_write = jnp.where(real, positions, kv_len)[:, None, :]               # [B, 1, P]
     write = jnp.where(real, positions, t)[:, None, :]                          # [B, 1, P]
@@ -253,16 +256,16 @@ def prefill(params: dict, cache: KVCache, tokens: jax.Array, slots: jax.Array,
 
     ks, vs = [], []
     for p, k_cache, v_cache in zip(params["layers"], cache.k, cache.v):
-        q, k, v = _layer_qkv(p, Lyr.rms_norm(h, p["attn_norm"], eps), cos, sin)
+        q, k, v = _layer_qkv(p, rms_norm(h, p["attn_norm"], eps), cos, sin)
         k_rows = rows_with(k_cache[rows, :, :kv_len], k)
         v_rows = rows_with(v_cache[rows, :, :kv_len], v)
-        h = h + Lyr.attention_output(p, Lyr.grouped_attention(q, k_rows, v_rows, mask))
-        h = h + _layer_mlp(p, Lyr.rms_norm(h, p["mlp_norm"], eps))
+        h = h + attention_output(p, grouped_attention(q, k_rows, v_rows, mask))
+        h = h + _layer_mlp(p, rms_norm(h, p["mlp_norm"], eps))
         ks.append(k_cache.at[slot_idx, heads, write].set(k.transpose(0, 2, 1, 3), mode="drop"))
         vs.append(v_cache.at[slot_idx, heads, write].set(v.transpose(0, 2, 1, 3), mode="drop"))
     cache = KVCache(k=tuple(ks), v=tuple(vs),
                     lengths=cache.lengths.at[slots].set(starts + num_new, mode="drop"))
-    last = Lyr.rms_norm(h[jnp.arange(b), jnp.maximum(num_new - 1, 0)], params["final_norm"], eps)
+    last = rms_norm(h[jnp.arange(b), jnp.maximum(num_new - 1, 0)], params["final_norm"], eps)
     logits = jnp.einsum("bd,dv->bv", last, lm_head_kernel(params, cfg)).astype(jnp.float32)
     return cache, logits
 
@@ -275,7 +278,8 @@ def start_slots(cache: KVCache, state: SlotState, logits: jax.Array, source_row:
 
     logits [B, V] from prefill; source_row [N] picks the prefill row of each slot (the K
     samples of a prompt share one row). max_new, temperature, top_p, top_k, seeds,
-    sample_index: [N] per-slot request settings.
+    sample_index: [N] per-slot request settings; stop_ids [N, M] each slot's stop ids
+    (-1 = none).
     """
     s = state.done.shape[0]
     keys = request_keys(seeds, sample_index)
@@ -290,7 +294,8 @@ def start_slots(cache: KVCache, state: SlotState, logits: jax.Array, source_row:
         done=put(state.done, False), num_generated=put(state.num_generated, 0),
         max_new=put(state.max_new, max_new), stop_reason=put(state.stop_reason, RUNNING),
         temperature=put(state.temperature, temperature), top_p=put(state.top_p, top_p),
-        top_k=put(state.top_k, top_k), keys=put(state.keys, keys))
+        top_k=put(state.top_k, top_k), keys=put(state.keys, keys),
+        stop_ids=put(state.stop_ids, stop_ids))
     tok = jnp.zeros((s,), jnp.int32).at[slots].set(first, mode="drop")
     starting = jnp.zeros((s,), bool).at[slots].set(True, mode="drop")
-    return _record(st, tok, starting, cache.lengths, cache.max_len, stop_ids, eos_id)
+    return _record(st, tok, starting, cache.lengths, cache.max_len, eos_id)

@@ -40,7 +40,7 @@ try:   # JAX has deprecated Pallas' Triton backend; without it "auto" falls back
 except ImportError:   # pragma: no cover - depends on the installed JAX
     plgpu = None
 
-from rstar_jax.models import layers as Lyr
+from rstar_jax.models.layers import MASK_VALUE, apply_rope
 
 IMPLS = ("xla", "pallas", "auto")
 # Triton's dot needs at least 16 rows: the R query heads are gathered into this many rows.
@@ -65,7 +65,7 @@ def decode_attention_xla(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
     qg = q.reshape(s, g, h // g, dh)
     scores = jnp.einsum("sgrk,sgtk->sgrt", qg, k_cache).astype(jnp.float32) * (dh ** -0.5)
     valid = jnp.arange(k_cache.shape[2])[None, :] < valid_len[:, None]          # [S, K]
-    scores = jnp.where(valid[:, None, None, :], scores, Lyr.MASK_VALUE)
+    scores = jnp.where(valid[:, None, None, :], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
     return jnp.einsum("sgrt,sgtk->sgrk", probs, v_cache).reshape(s, h, dh).astype(q.dtype)
 
@@ -75,7 +75,7 @@ def split_and_rotate(qkv: jax.Array, cos: jax.Array, sin: jax.Array):
     [B, P, G, Dh]; cos, sin [B, P, Dh]. (Prefill and the XLA decode path share this.)"""
     b, t, g, j, dh = qkv.shape
     q = qkv[:, :, :, : j - 2].reshape(b, t, g * (j - 2), dh)
-    return (Lyr.apply_rope(q, cos, sin), Lyr.apply_rope(qkv[:, :, :, j - 2], cos, sin),
+    return (apply_rope(q, cos, sin), apply_rope(qkv[:, :, :, j - 2], cos, sin),
             qkv[:, :, :, j - 1])
 
 

@@ -8,6 +8,7 @@ scorer.score(prompts) -> list[float]: PPM tanh(v / 5) at each prompt's last toke
 
 from __future__ import annotations
 
+import hashlib
 from typing import Mapping, Sequence
 
 import jax
@@ -32,34 +33,66 @@ def stop_token_ids(tokenizer, tags: Sequence[str] = STOP_TAGS) -> list[int]:
 class EngineProposer:
     """Proposes next steps with a GenerationEngine; counts generated tokens for progress bars.
 
-    Seeds: request i of call c gets its own stream derived from (seed, c, i), so repeated
-    expansions of one node differ and a rerun with the same seed repeats exactly (the
-    reference fixes vLLM's seed to 0 for every run, rstar_reference §2.2).
+    stop_tags: the step tags this proposer's samples stop at (None = the engine's stop
+    ids); they travel with each request, so proposers with different tags can share one
+    engine.
+
+    Seeds are keyed by the prompt: the n-th request for a given prompt text gets the
+    stream derived from (seed, prompt, n). A problem's tree therefore does not depend on
+    which other problems are searched with it, in what chunks, or whether the run was
+    interrupted and resumed; repeated expansions of one prompt still differ, and a rerun
+    with the same seed repeats exactly (the reference fixes vLLM's seed to 0 for every
+    run, rstar_reference §2.2).
     """
 
     def __init__(self, engine: GenerationEngine, tokenizer, *, max_new_tokens: int = 2048,
-                 top_p: float = 1.0, top_k: int = -1, seed: int = 0):
+                 top_p: float = 1.0, top_k: int = -1, seed: int = 0,
+                 stop_tags: Sequence[str] | None = None):
         self.engine, self.tokenizer = engine, tokenizer
         self.max_new_tokens, self.top_p, self.top_k, self.seed = max_new_tokens, top_p, top_k, seed
+        self.stop_ids = None if stop_tags is None else tuple(stop_token_ids(tokenizer, stop_tags))
         self.eos_id = tokenizer.eos_token_id
         self.tokens_generated = 0
         self.prompt_tokens = 0
-        self._calls = 0
+        self._seen: dict[bytes, int] = {}     # prompt digest -> requests made for it
+        self._encoded: dict[str, list[int]] = {}
+
+    def _encode(self, prompt: str) -> list[int]:
+        ids = self._encoded.pop(prompt, None)
+        return ids if ids is not None else self.tokenizer.encode(prompt, add_special_tokens=False)
+
+    def fits(self, prompts: Sequence[str]) -> list[bool]:
+        """Whether each prompt leaves room in the engine's cache for at least one token.
+
+        The search sets aside a node whose prompt no longer fits instead of failing.
+        """
+        out = []
+        for p in prompts:
+            ids = self.tokenizer.encode(p, add_special_tokens=False)
+            self._encoded[p] = ids      # complete() reuses it (the search asks, then sends)
+            out.append(0 < len(ids) < self.engine.max_len)
+        return out
+
+    def _seed_for(self, prompt: str) -> int:
+        digest = hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        n = self._seen.get(digest, 0)
+        self._seen[digest] = n + 1
+        mix = hashlib.blake2b(b"%d:%d:" % (self.seed, n) + digest, digest_size=4).digest()
+        return int.from_bytes(mix, "little") & 0x7FFFFFFF
 
     def complete(self, prompts: Sequence[str], num_samples: int,
                  temperature: float) -> list[list[Completion]]:
         """Completions with text, token ids and stop reason."""
-        seeds = np.random.SeedSequence([self.seed, self._calls]).generate_state(
-            max(len(prompts), 1)) & 0x7FFFFFFF
-        self._calls += 1
         requests = []
-        for p, s in zip(prompts, seeds):
-            ids = self.tokenizer.encode(p, add_special_tokens=False)
+        for p in prompts:
+            ids = self._encode(p)
             self.prompt_tokens += len(ids)
             requests.append(Request(ids, num_samples=num_samples,
                                     max_new_tokens=self.max_new_tokens,
                                     temperature=float(temperature), top_p=self.top_p,
-                                    top_k=self.top_k, seed=int(s)))
+                                    top_k=self.top_k, seed=self._seed_for(p),
+                                    stop_ids=self.stop_ids))
+        self._encoded.clear()
         results = self.engine.generate(requests)
         for samples in results:
             for c in samples:

@@ -40,6 +40,8 @@ class Request:
     top_p: float = 1.0
     top_k: int = -1
     seed: int = 0
+    # Token ids that end this request's samples; None = the engine's stop_token_ids.
+    stop_ids: Sequence[int] | None = None
 
 
 @dataclasses.dataclass
@@ -56,11 +58,21 @@ class Completion:
 
 # Jitted device functions keyed by (name, model config, static args, mesh, rules), so
 # engines over the same model and mesh (tests, re-created proposers) compile once.
+# Bounded: a long run builds engines over many configs (every round's policy shapes);
+# the oldest entries go first.
 _JIT_CACHE: dict = {}
+_JIT_CACHE_SIZE = 256
+
+# Most stop ids one request may carry: the state holds a fixed [S, M] table.
+MAX_STOP_IDS = 8
 
 
 def _round_up(x: int, m: int) -> int:
     return max(m, -(-x // m) * m)
+
+
+def _pow2_at_least(n: int, floor: int) -> int:
+    return max(floor, 1 << (max(n, 1) - 1).bit_length())
 
 
 class GenerationEngine:
@@ -107,7 +119,9 @@ class GenerationEngine:
         self.cfg, self.slots, self.max_len, self.capacity = cfg, slots, max_len, capacity
         self.steps_per_call, self.kv_bucket = steps_per_call, kv_bucket
         self.prefill_len_bucket, self.prefill_batch = prefill_len_bucket, prefill_batch
-        self.stop_ids = np.asarray(list(stop_token_ids) or [-1], np.int32)
+        if len(stop_token_ids) > MAX_STOP_IDS:
+            raise ValueError(f"at most {MAX_STOP_IDS} stop ids, got {len(stop_token_ids)}")
+        self.stop_ids = tuple(int(t) for t in stop_token_ids)
         self.eos_id = np.int32(-1 if eos_token_id is None else eos_token_id)
         dtype = resolve_dtype(dtype) if dtype is not None else jax.tree.leaves(params)[0].dtype
         self._build(params, mesh, rules, dtype)
@@ -124,7 +138,7 @@ class GenerationEngine:
     def _build(self, params, mesh, rules, dtype):
         cfg, s = self.cfg, self.slots
         cache = init_cache(cfg, s, self.max_len, dtype)
-        state = decode.init_state(s, self.capacity)
+        state = decode.init_state(s, self.capacity, MAX_STOP_IDS)
         if mesh is None:
             self.params, self.cache, self.state = decode.split_layers(params), cache, state
         else:
@@ -151,10 +165,13 @@ class GenerationEngine:
         sh = getattr(self, "_shardings", None)
         key = (name, self.cfg, tuple(sorted(static.items())), self._mesh, self._rules_key)
         if key in _JIT_CACHE:
+            _JIT_CACHE[key] = _JIT_CACHE.pop(key)     # most recently used last
             return _JIT_CACHE[key]
+        while len(_JIT_CACHE) >= _JIT_CACHE_SIZE:
+            del _JIT_CACHE[next(iter(_JIT_CACHE))]
         f, donate, ins, outs = {
             "decode": (functools.partial(decode.decode_steps, cfg=self.cfg, **static), (1, 2),
-                       lambda: (sh["params"], sh["cache"], sh["state"], sh["repl"], sh["repl"]),
+                       lambda: (sh["params"], sh["cache"], sh["state"], sh["repl"]),
                        lambda: (sh["cache"], sh["state"])),
             "prefill": (functools.partial(decode.prefill, cfg=self.cfg, **static), (1,),
                         lambda: (sh["params"], sh["cache"]) + (sh["repl"],) * 4,
@@ -264,20 +281,25 @@ class GenerationEngine:
         cols = dict(slots=np.full(n, s, np.int32), row=np.zeros(n, np.int32),
                     max_new=np.ones(n, np.int32), temperature=np.zeros(n, np.float32),
                     top_p=np.ones(n, np.float32), top_k=np.full(n, -1, np.int32),
-                    seeds=np.zeros(n, np.int32), index=np.zeros(n, np.int32))
+                    seeds=np.zeros(n, np.int32), index=np.zeros(n, np.int32),
+                    stops=np.full((n, MAX_STOP_IDS), -1, np.int32))
         for k, (slot, row, req, sample) in enumerate(rows):
             cols["slots"][k], cols["row"][k] = slot, row
             cols["max_new"][k] = req.max_new_tokens
             cols["temperature"][k], cols["top_p"][k], cols["top_k"][k] = (
                 req.temperature, req.top_p, req.top_k)
             cols["seeds"][k], cols["index"][k] = req.seed, sample
+            stops = self.stop_ids if req.stop_ids is None else req.stop_ids
+            cols["stops"][k, : len(stops)] = stops
         self.state = self._fn("start")(
             self.cache, self.state, logits, cols["row"], cols["slots"], cols["max_new"],
             cols["temperature"], cols["top_p"], cols["top_k"], cols["seeds"], cols["index"],
-            self.stop_ids, self.eos_id)
+            cols["stops"], self.eos_id)
 
     def _copy(self, pairs: list[tuple[int, int]]) -> KVCache:
-        n = _round_up(len(pairs), 8)
+        # Power-of-two widths: log2(S) compiles in all, and a copy never gathers many
+        # more rows than it moves.
+        n = _pow2_at_least(len(pairs), 8)
         src = np.zeros(n, np.int32)
         dst = np.full(n, self.slots, np.int32)
         for i, (a, b) in enumerate(pairs):
@@ -299,6 +321,9 @@ class GenerationEngine:
                                  f"got {r.max_new_tokens}")
             if r.num_samples < 1:
                 raise ValueError(f"request {i}: num_samples must be >= 1, got {r.num_samples}")
+            if r.stop_ids is not None and len(r.stop_ids) > MAX_STOP_IDS:
+                raise ValueError(f"request {i}: at most {MAX_STOP_IDS} stop ids, "
+                                 f"got {len(r.stop_ids)}")
             pending.append([i, ids, r.num_samples])
         results: list[list] = [[None] * r.num_samples for r in requests]
         live: dict[int, tuple[int, int, int]] = {}
@@ -316,7 +341,7 @@ class GenerationEngine:
                                               kv_len=kv_len,
                                               sampling=self._sampling_mode(live, requests),
                                               **self._attention_args())(
-                self.params, self.cache, self.state, self.stop_ids, self.eos_id)
+                self.params, self.cache, self.state, self.eos_id)
             done, n_gen, reason = jax.device_get(
                 (self.state.done, self.state.num_generated, self.state.stop_reason))
             self.stats["decode_seconds"] += time.perf_counter() - t0
@@ -324,8 +349,11 @@ class GenerationEngine:
             gen_len[:] = n_gen
             finished = [int(a) for a in active if done[a]]
             if finished:
-                out = np.asarray(jax.device_get(self.state.out[np.asarray(finished)]))
-                for row, slot in zip(out, finished):
+                # The whole [S, C] buffer: indexing the finished rows on device would
+                # compile one gather per distinct count of finished slots.
+                out = np.asarray(jax.device_get(self.state.out))
+                for slot in finished:
+                    row = out[slot]
                     req_idx, sample, plen = live.pop(slot)
                     ids = row[: n_gen[slot]].tolist()
                     results[req_idx][sample] = Completion(
@@ -363,10 +391,16 @@ class GenerationEngine:
         return "sample"
 
     def _admit(self, pending: list, requests: Sequence[Request], live: dict) -> None:
-        """Fill free slots from the front of `pending`, one prefill batch at a time."""
+        """Fill free slots from the front of `pending`, one prefill batch at a time.
+
+        While other slots run, wait until at least `prefill_batch` slots are free (or all
+        that is pending fits): a prefill call costs the same with one real row as with a
+        full batch, and slots freed one at a time would otherwise each pay for one.
+        """
         while pending:
             free = int((~self._busy).sum())
-            if free == 0:
+            wanted = sum(p[2] for p in pending)
+            if free == 0 or (self._busy.any() and free < min(wanted, self.prefill_batch)):
                 return
             groups = []
             while pending and free > 0 and len(groups) < self.prefill_batch:

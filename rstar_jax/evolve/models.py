@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
-
 from rstar_jax import step_format as sf
 
 
@@ -49,19 +47,11 @@ class ModelCache:
 
     def proposer(self, policy_dir: str, *, stop_tags=sf.STOP_TAGS, seed: int = 0):
         """An `EngineProposer` over the policy in `policy_dir` that stops at `stop_tags`."""
-        from rstar_jax.engine import EngineProposer, stop_token_ids
-        engine = self._engine(policy_dir)
-        ids = stop_token_ids(self.tokenizer, tuple(stop_tags))
-        # A fixed width of 4 (padded with -1) so every stop list shares one compile.
-        stops = np.asarray(ids + [-1] * (4 - len(ids)), np.int32)
-
-        class _Proposer(EngineProposer):
-            def complete(self, prompts, num_samples, temperature):
-                engine.stop_ids = stops
-                return super().complete(prompts, num_samples, temperature)
-
-        return _Proposer(engine, self.tokenizer, max_new_tokens=self.settings.max_new_tokens,
-                         top_p=self.settings.top_p, top_k=self.settings.top_k, seed=seed)
+        from rstar_jax.engine import EngineProposer
+        return EngineProposer(self._engine(policy_dir), self.tokenizer,
+                              max_new_tokens=self.settings.max_new_tokens,
+                              top_p=self.settings.top_p, top_k=self.settings.top_k, seed=seed,
+                              stop_tags=tuple(stop_tags))
 
     def scorer(self, ppm_dir: str):
         """An `EngineScorer` (tanh(v/5) at the last token) over the PPM in `ppm_dir`."""
