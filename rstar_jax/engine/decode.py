@@ -1,9 +1,10 @@
 """Device side of generation: cached prefill, a multi-token decode loop, slot start-up.
 
-Shapes: L layers, S slots, T cache length (max_len; the cache is [L, S, G, T, Dh]), K the
-static key bucket read by
-attention (kv_len <= T), B prefill rows, P prefill tokens per row, D hidden, H query heads,
-G key/value heads, R = H // G, Dh head dim, V vocabulary, C output capacity per slot.
+Shapes: L layers, S slots, T cache length (max_len; the cache is a tuple of L buffers
+[S, G, T, Dh] for keys and L for values), Tk the static key bucket read by attention
+(kv_len <= T), B prefill rows, P prefill tokens per row, D hidden, H query heads,
+G key/value heads, R = H // G, Dh head dim, V vocabulary, C output capacity per slot,
+M stop ids per slot.
 
 Everything here is a pure function of arrays; the host (scheduler.py) only picks slots,
 buckets and when to call. The decode loop runs `num_steps` tokens inside one
@@ -242,7 +243,7 @@ def prefill(params: dict, cache: KVCache, tokens: jax.Array, slots: jax.Array,
     real = (jnp.arange(p_len)[None, :] < num_new[:, None]) & (slots < s)[:, None]
     rows = jnp.clip(slots, 0, s - 1)
     cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
-    mask = jnp.arange(kv_len)[None, None, :] <= positions[:, :, None]          # [B, P, K]
+    mask = jnp.arange(kv_len)[None, None, :] <= positions[:, :, None]          # [B, P, Tk]
     local_write = jnp.where(real, positions, kv_len)[:, None, :]               # [B, 1, P]
     write = jnp.where(real, positions, t)[:, None, :]                          # [B, 1, P]
     brow = jnp.arange(b)[:, None, None]
@@ -250,7 +251,7 @@ def prefill(params: dict, cache: KVCache, tokens: jax.Array, slots: jax.Array,
     heads = jnp.arange(cfg.num_key_value_heads)[None, :, None]
     h = jnp.take(params["embed"], tokens, axis=0)
 
-    def rows_with(cache_rows, new):   # [B, G, K, Dh] with the suffix [B, P, G, Dh] written in
+    def rows_with(cache_rows, new):   # [B, G, Tk, Dh] with the suffix [B, P, G, Dh] written in
         new = new.transpose(0, 2, 1, 3)
         return cache_rows.at[brow, heads, local_write].set(new, mode="drop").transpose(0, 2, 1, 3)
 

@@ -64,7 +64,7 @@ def decode_attention_xla(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
     g = k_cache.shape[1]
     qg = q.reshape(s, g, h // g, dh)
     scores = jnp.einsum("sgrk,sgtk->sgrt", qg, k_cache).astype(jnp.float32) * (dh ** -0.5)
-    valid = jnp.arange(k_cache.shape[2])[None, :] < valid_len[:, None]          # [S, K]
+    valid = jnp.arange(k_cache.shape[2])[None, :] < valid_len[:, None]          # [S, Tk]
     scores = jnp.where(valid[:, None, None, :], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
     return jnp.einsum("sgrt,sgtk->sgrk", probs, v_cache).reshape(s, h, dh).astype(q.dtype)

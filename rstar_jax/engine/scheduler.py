@@ -75,6 +75,27 @@ def _pow2_at_least(n: int, floor: int) -> int:
     return max(floor, 1 << (max(n, 1) - 1).bit_length())
 
 
+@dataclasses.dataclass
+class _Group:
+    """Samples of one request started in one admission round."""
+
+    request_index: int
+    prompt: np.ndarray          # [n] token ids
+    num_samples: int            # samples to start now
+    request: Request
+
+
+@dataclasses.dataclass
+class _Placement:
+    """Where a group goes: its prefill slot, the cached prefix it reuses, its forks."""
+
+    group: _Group
+    source: int                 # slot whose cached prefix is reused, -1 for none
+    reuse: int                  # tokens of that prefix reused
+    slot: int                   # the slot prefilled with the prompt
+    forks: list[int] = dataclasses.field(default_factory=list)   # slots of the other samples
+
+
 class GenerationEngine:
     """Slot-based KV-cache generation for one policy.
 
@@ -201,21 +222,35 @@ class GenerationEngine:
                 if not self._busy[i] and i not in claimed]
         return [int(i) for i in free]
 
-    def _admit_round(self, groups: list[tuple[int, np.ndarray, int, Request]],
-                     live: dict) -> None:
+    def _admit_round(self, groups: list[_Group], live: dict) -> None:
         """Prefill one batch of prompts and start their samples.
 
-        groups: (request index, prompt ids, samples to start now, request).
         live: slot -> (request index, sample index, prompt length), filled here.
         """
-        s = self.slots
-        # Sources are read (copied) before anything in this round is written, so every
-        # group looks up its prefix in the map as it was when the round began.
+        placements = self._place(groups)
+        # 1. copy reused prefixes into their prefill slots (all sources read first)
+        copies = [(p.source, p.slot) for p in placements if p.reuse > 0 and p.source != p.slot]
+        if copies:
+            self.cache = self._copy(copies)
+        # 2. prefill the suffixes
+        logits = self._prefill(placements)
+        # 3. fork the prefilled rows into the other samples' slots
+        forks = [(p.slot, f) for p in placements for f in p.forks]
+        if forks:
+            self.cache = self._copy(forks)
+        # 4. sample first tokens
+        self._start(placements, logits, live)
+
+    def _place(self, groups: list[_Group]) -> list[_Placement]:
+        """Where each group's prompt is prefilled, from which cached prefix, and which
+        further slots its other samples take."""
+        # Sources are looked up before anything in this round is written, so every group
+        # sees the prefix map as it was when the round began.
         sources = []
         for g in groups:
-            lcp = self._lcp(g[1])
+            lcp = self._lcp(g.prompt)
             src = int(np.argmax(lcp))
-            reuse = int(min(lcp[src], len(g[1]) - 1))
+            reuse = int(min(lcp[src], len(g.prompt) - 1))
             sources.append((src, reuse) if reuse > 0 else (-1, 0))
         wanted = {src for src, _ in sources if src >= 0}
         claimed: set[int] = set()
@@ -227,70 +262,67 @@ class GenerationEngine:
             claimed.update(free[:n])
             return free[:n]
 
-        plan = []   # (group, source slot or -1, reuse length, prefill slot, extra slots)
+        placements = []
         for g, (src, reuse) in zip(groups, sources):
             if src >= 0 and not self._busy[src] and src not in claimed:
-                dst = src                                  # extend the row in place
-                claimed.add(dst)
+                slot = src                                 # extend the row in place
+                claimed.add(slot)
             else:
-                dst = take(1)[0]
-            plan.append([g, src, reuse, dst, None])
-        for item in plan:                                  # fork targets are written last
-            item[4] = take(item[0][2] - 1)
-        # 1. copy reused prefixes into their prefill slots (all sources read first)
-        copies = [(src, dst) for _, src, reuse, dst, _ in plan if reuse > 0 and src != dst]
-        if copies:
-            self.cache = self._copy(copies)
-        # 2. prefill the suffixes
-        b = _round_up(len(plan), self.prefill_batch)
-        longest = max(len(g[1]) - reuse for g, _, reuse, _, _ in plan)
+                slot = take(1)[0]
+            placements.append(_Placement(g, src, reuse, slot))
+        for p in placements:                               # fork targets are taken last
+            p.forks = take(p.group.num_samples - 1)
+        return placements
+
+    def _prefill(self, placements: list[_Placement]) -> jax.Array:
+        """Prefill every placement's uncached suffix; next-token logits [B, V]."""
+        b = _round_up(len(placements), self.prefill_batch)
+        longest = max(len(p.group.prompt) - p.reuse for p in placements)
         p_len = _round_up(longest, self.prefill_len_bucket)
-        kv_len = min(self.max_len, _round_up(max(len(g[1]) for g, *_ in plan), self.kv_bucket))
+        kv_len = min(self.max_len, _round_up(max(len(p.group.prompt) for p in placements),
+                                             self.kv_bucket))
         tokens = np.zeros((b, p_len), np.int32)
-        slots = np.full(b, s, np.int32)
+        slots = np.full(b, self.slots, np.int32)
         starts = np.zeros(b, np.int32)
         num_new = np.ones(b, np.int32)
-        for i, (g, _, reuse, dst, _) in enumerate(plan):
-            suffix = g[1][reuse:]
+        for i, p in enumerate(placements):
+            suffix = p.group.prompt[p.reuse:]
             tokens[i, : len(suffix)] = suffix
-            slots[i], starts[i], num_new[i] = dst, reuse, len(suffix)
+            slots[i], starts[i], num_new[i] = p.slot, p.reuse, len(suffix)
             self.stats["prefill_tokens"] += len(suffix)
-            self.stats["reused_tokens"] += reuse
+            self.stats["reused_tokens"] += p.reuse
         self.cache, logits = self._fn("prefill", kv_len=kv_len)(
             self.params, self.cache, tokens, slots, starts, num_new)
         self.stats["prefill_calls"] += 1
-        # 3. fork the prefilled rows into the other samples' slots
-        forks = [(dst, e) for _, _, _, dst, extra in plan for e in extra]
-        if forks:
-            self.cache = self._copy(forks)
-        # 4. sample first tokens
-        rows = []
-        for i, (g, _, _, dst, extra) in enumerate(plan):
-            req_idx, ids, _, req = g
-            first_sample = self._next_sample.get(req_idx, 0)
-            for j, slot in enumerate([dst] + extra):
-                rows.append((slot, i, req, first_sample + j))
-                live[slot] = (req_idx, first_sample + j, len(ids))
-            self._next_sample[req_idx] = first_sample + 1 + len(extra)
-            for slot in [dst] + extra:
-                self._tokens[slot, : len(ids)] = ids
-                self._tokens[slot, len(ids):] = -1
-                self._cached_len[slot] = len(ids)
-                self._busy[slot] = True
-        n = s   # a fixed width: one compile of start_slots
-        cols = dict(slots=np.full(n, s, np.int32), row=np.zeros(n, np.int32),
+        return logits
+
+    def _start(self, placements: list[_Placement], logits: jax.Array, live: dict) -> None:
+        """Mark the placements' slots busy and sample each sample's first token."""
+        n = self.slots   # a fixed width: one compile of start_slots
+        cols = dict(slots=np.full(n, n, np.int32), row=np.zeros(n, np.int32),
                     max_new=np.ones(n, np.int32), temperature=np.zeros(n, np.float32),
                     top_p=np.ones(n, np.float32), top_k=np.full(n, -1, np.int32),
                     seeds=np.zeros(n, np.int32), index=np.zeros(n, np.int32),
                     stops=np.full((n, MAX_STOP_IDS), -1, np.int32))
-        for k, (slot, row, req, sample) in enumerate(rows):
-            cols["slots"][k], cols["row"][k] = slot, row
-            cols["max_new"][k] = req.max_new_tokens
-            cols["temperature"][k], cols["top_p"][k], cols["top_k"][k] = (
-                req.temperature, req.top_p, req.top_k)
-            cols["seeds"][k], cols["index"][k] = req.seed, sample
+        k = 0
+        for row, p in enumerate(placements):
+            g, req = p.group, p.group.request
+            first_sample = self._next_sample.get(g.request_index, 0)
+            self._next_sample[g.request_index] = first_sample + g.num_samples
             stops = self.stop_ids if req.stop_ids is None else req.stop_ids
-            cols["stops"][k, : len(stops)] = stops
+            for j, slot in enumerate([p.slot] + p.forks):
+                live[slot] = (g.request_index, first_sample + j, len(g.prompt))
+                self._tokens[slot, : len(g.prompt)] = g.prompt
+                self._tokens[slot, len(g.prompt):] = -1
+                self._cached_len[slot] = len(g.prompt)
+                self._busy[slot] = True
+                cols["slots"][k], cols["row"][k] = slot, row
+                cols["max_new"][k] = req.max_new_tokens
+                cols["temperature"][k], cols["top_p"][k], cols["top_k"][k] = (
+                    req.temperature, req.top_p, req.top_k)
+                cols["seeds"][k], cols["index"][k] = req.seed, first_sample + j
+                cols["stops"][k, : len(stops)] = stops
+                k += 1
         self.state = self._fn("start")(
             self.cache, self.state, logits, cols["row"], cols["slots"], cols["max_new"],
             cols["temperature"], cols["top_p"], cols["top_k"], cols["seeds"], cols["index"],
@@ -406,7 +438,7 @@ class GenerationEngine:
             while pending and free > 0 and len(groups) < self.prefill_batch:
                 req_idx, ids, remaining = pending[0]
                 take = min(remaining, free)
-                groups.append((req_idx, ids, take, requests[req_idx]))
+                groups.append(_Group(req_idx, ids, take, requests[req_idx]))
                 free -= take
                 if take == remaining:
                     pending.pop(0)
