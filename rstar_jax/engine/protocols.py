@@ -99,8 +99,6 @@ class EngineScorer:
     def __init__(self, ppm_params: dict, cfg: Qwen2Config, tokenizer, *, batch_size: int = 64,
                  min_len: int = 64, max_len: int = 4096, mesh=None, rules: Mapping | None = None,
                  prefix_reuse: bool = True, min_prefix: int = 16):
-        import functools
-        from jax.sharding import NamedSharding, PartitionSpec
         from rstar_jax.engine import prefix_scoring
         self._groups = prefix_scoring
         self.cfg, self.tokenizer = cfg, tokenizer
@@ -109,26 +107,43 @@ class EngineScorer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stats = dict(prefix_groups=0, prefix_prompts=0, prefix_tokens=0, full_prompts=0,
                           full_tokens=0)
-        score_fn = functools.partial(prefix_scoring.prefix_scores, cfg=cfg)
         if mesh is not None:
-            from rstar_jax.models.forward import jit_scores
-            from rstar_jax.models.sharding import param_shardings, shard_params
+            from rstar_jax.models.sharding import shard_params
             self.params = shard_params(ppm_params, mesh, rules)
-            self._fn = jit_scores(cfg, self.params, mesh, rules, batch_size)
-            # the group arrays are small and their leading axis varies per call:
-            # replicated, while the weights stay sharded as the full path has them
-            repl = NamedSharding(mesh, PartitionSpec())
-            self._prefix_fn = jax.jit(
-                lambda p, *xs: score_fn(p, prefix_ids=xs[0], prefix_len=xs[1],
-                                        child_ids=xs[2], child_len=xs[3]),
-                in_shardings=(param_shardings(self.params, mesh, rules),) + (repl,) * 4,
-                out_shardings=repl)
         else:
             self.params = ppm_params
-            self._fn = jax.jit(lambda p, ids, mask: forward_scores(p, cfg, ids, mask))
-            self._prefix_fn = jax.jit(
-                lambda p, *xs: score_fn(p, prefix_ids=xs[0], prefix_len=xs[1],
-                                        child_ids=xs[2], child_len=xs[3]))
+        rules_key = None if rules is None else tuple(sorted(rules.items()))
+        key = (cfg, mesh, rules_key, batch_size)
+        if key not in EngineScorer._JITS:
+            # one compile per shape for every scorer of a model (each round, each
+            # benchmark path makes a new scorer; a new jit of a fresh lambda recompiles)
+            EngineScorer._JITS[key] = self._jit(cfg, self.params, mesh, rules, batch_size)
+        self._fn, self._prefix_fn = EngineScorer._JITS[key]
+
+    _JITS: dict = {}
+
+    @staticmethod
+    def _jit(cfg, params, mesh, rules, batch_size):
+        """(full re-encode, prefix scoring) jitted for this model and mesh."""
+        import functools
+        from jax.sharding import NamedSharding, PartitionSpec
+        from rstar_jax.engine import prefix_scoring
+        score_fn = functools.partial(prefix_scoring.prefix_scores, cfg=cfg)
+
+        def prefix(p, prefix_ids, prefix_len, child_ids, child_len):
+            return score_fn(p, prefix_ids=prefix_ids, prefix_len=prefix_len,
+                            child_ids=child_ids, child_len=child_len)
+        if mesh is None:
+            return (jax.jit(lambda p, ids, mask: forward_scores(p, cfg, ids, mask)),
+                    jax.jit(prefix))
+        from rstar_jax.models.forward import jit_scores
+        from rstar_jax.models.sharding import param_shardings
+        # the group arrays are small and their leading axis varies per call:
+        # replicated, while the weights stay sharded as the full path has them
+        repl = NamedSharding(mesh, PartitionSpec())
+        return (jit_scores(cfg, params, mesh, rules, batch_size),
+                jax.jit(prefix, in_shardings=(param_shardings(params, mesh, rules),) + (repl,) * 4,
+                        out_shardings=repl))
 
     def score_ids(self, ids: Sequence[Sequence[int]]) -> list[float]:
         ids = [list(x)[-self.max_len:] for x in ids]
