@@ -58,11 +58,12 @@ def prefix_kv(params: dict, cfg: Qwen2Config, prefix_ids: jax.Array, prefix_len:
     return k, v
 
 
-def _attend_prefix_and_self(q, pk, pv, ck, cv, prefix_len, child_len):
+def _attend_prefix_and_self(q, pk, pv, ck, cv, prefix_len):
     """Attention of child queries over [prefix keys ; the child's own keys, causal].
 
-    q [B, K, C, H, Dh]; pk, pv [B, P, G, Dh]; ck, cv [B, K, C, G, Dh]; prefix_len [B];
-    child_len [B, K]. Returns [B, K, C, H, Dh]. The prefix is never copied per child: the
+    q [B, K, C, H, Dh]; pk, pv [B, P, G, Dh]; ck, cv [B, K, C, G, Dh]; prefix_len [B].
+    Returns [B, K, C, H, Dh]. Keys past a child's own length need no mask: they come after
+    all of its real queries, which causality already hides them from. The prefix is never copied per child: the
     two score blocks are computed apart and share one softmax, which is exactly the
     softmax over the concatenated keys.
     """
@@ -80,7 +81,6 @@ def _attend_prefix_and_self(q, pk, pv, ck, cv, prefix_len, child_len):
     probs = jax.nn.softmax(jnp.concatenate([s_pre, s_own], axis=-1), axis=-1).astype(pv.dtype)
     out = (jnp.einsum("bkgrcp,bpgd->bkcgrd", probs[..., :p_len], pv)
            + jnp.einsum("bkgrcj,bkjgd->bkcgrd", probs[..., p_len:], cv))
-    del child_len   # keys past a child's length are after all its real queries (causal)
     return out.reshape(b, kk, c, h, dh)
 
 
@@ -107,8 +107,7 @@ def child_scores(params: dict, cfg: Qwen2Config, k_prefix: jax.Array, v_prefix: 
         p, pk, pv = xs
         q, k, v = Lyr.qkv_projection(p, Lyr.rms_norm(h, p["attn_norm"], eps), cos, sin)
         split = lambda x: x.reshape((b, kk) + x.shape[1:])  # noqa: E731
-        attn = _attend_prefix_and_self(split(q), pk, pv, split(k), split(v), prefix_len,
-                                       child_len)
+        attn = _attend_prefix_and_self(split(q), pk, pv, split(k), split(v), prefix_len)
         h = h + Lyr.attention_output(p, attn.reshape((b * kk,) + attn.shape[2:]))
         h = h + Lyr.swiglu_mlp(p, Lyr.rms_norm(h, p["mlp_norm"], eps))
         return h, None
