@@ -46,3 +46,27 @@ def test_bench_decode_attention_runs_the_kernel_and_the_reference():
     assert [r["impl"] for r in rows] == ["xla", "pallas", "pallas"]
     assert [r.get("block_k") for r in rows[1:]] == [16, 32]
     assert all(r["us"] > 0 and "error" not in r for r in rows)
+
+
+def test_bench_mcts_compares_serial_and_fast_paths_on_the_same_problems():
+    bench = load_script("bench_mcts")
+    (rec,) = json_lines(bench.main, ["--problems", "2", "--chunk", "1", "--children", "2",
+                                     "--rollouts", "1", "--depth", "3", "--slots", "8",
+                                     "--max-len", "256", "--max-new-tokens", "64",
+                                     "--workers", "1", "--no-warmup"])
+    serial, fast = rec["serial"], rec["fast"]
+    assert (serial["chunks_in_flight"], serial["prefix_reuse"]) == (1, False)
+    assert (fast["chunks_in_flight"], fast["prefix_reuse"]) == (2, True)
+    for path in (serial, fast):
+        assert path["problems"] == path["trees"] == 2
+        assert path["tokens_generated"] > 0 and path["problems_per_hour"] > 0
+        assert set(path["split"]) == {"prefill_s", "decode_s", "ppm_scoring_s", "executor_s",
+                                      "grader_s", "tree_updates_s", "device_idle_or_other_s",
+                                      "unaccounted_s"}
+        assert all(path["split"][f"{k}_s"] > 0 for k in ("prefill", "decode", "ppm_scoring",
+                                                         "executor", "tree_updates"))
+    # the same steps reach the device either way; only the PPM path differs
+    assert serial["steps"] == fast["steps"] and serial["nodes"] == fast["nodes"]
+    assert serial["tokens_generated"] == fast["tokens_generated"]
+    assert serial["ppm"]["prefix_prompts"] == 0 and fast["ppm"]["prefix_prompts"] > 0
+    assert set(rec["speedup"]) == {"wall", "ppm_scoring", "problems_per_hour"}
