@@ -74,7 +74,10 @@ def get_config():
     c.kind = "run"
     c.name = "tiny"
     c.model.base = ""
-    c.model.arch = model_config.get_config("tiny-evolve")
+    # The 2-layer tiny shape: on this CPU it trains at ~28k tok/s against ~2.4k for the
+    # 4-layer "tiny-evolve" shape (measured with the round-1 SFT set), which buys the
+    # ~800 round-1 steps that copying a question's numbers takes.
+    c.model.arch = model_config.get_config("tiny")
     c.model.init = "random"          # trained from scratch (no downloads)
     c.model.tokenizer = "tiny"       # built locally from the run's problems, digits split
     c.bootstrap = ml_collections.ConfigDict(dict(
@@ -132,7 +135,8 @@ def _tiny_round(k: int) -> ml_collections.ConfigDict:
     r.search.num_rollouts = 8        # paper: 8 in round 1, 16 later (CPU time)
     r.extra_rollouts = (16,) if k == 4 else ()   # paper: 64, then 128
     r.sft = train_sft.get_config("tiny")
-    r.sft.epochs = 12
+    # Round 1 trains from scratch; later rounds continue from the previous policy.
+    r.sft.epochs = 30 if k == 1 else 4
     r.sft.batch_size = 32
     # On this CPU 8 rows per micro-step run ~2x more tokens/s than 32 (the attention
     # scores of 32 rows fall out of cache), and length-grouped batches pad less.
@@ -140,12 +144,12 @@ def _tiny_round(k: int) -> ml_collections.ConfigDict:
     r.sft.group_by_length = True
     r.sft.max_length = 256
     r.sft.bucket_lengths = (128, 160, 192, 224, 256)
-    r.sft.optim.learning_rate = 2e-3
+    r.sft.optim.learning_rate = 3e-3
     r.sft.optim.warmup_steps = 20
     r.sft.checkpoint.save_every = 100
     r.sft.log_every = 20
     r.ppm = train_ppm.get_config("tiny")
-    r.ppm.epochs = 2
+    r.ppm.epochs = 1
     r.ppm.batch_size = 32
     r.ppm.micro_batch_size = 8
     r.ppm.group_by_length = True
