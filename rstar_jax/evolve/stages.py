@@ -103,6 +103,19 @@ def _search_policy(ctx: Context, r: RoundSettings, stop_tags, seed: int):
                                seed=seed)
 
 
+def _in_problem_order(trees, path: str) -> None:
+    """Rewrite a finished search's dump in problem order (atomically).
+
+    The search appends trees as problems finish, and a resumed search finishes them in
+    another order; the data rules read the file in order (SFT shuffles and pair sampling
+    are seeded), so without this an interrupted run would train on other data.
+    """
+    from rstar_jax.search.host_tree import save_trees
+    tmp = path + ".tmp"
+    save_trees(trees, tmp, append=False)
+    os.replace(tmp, path)
+
+
 def solved_by_tree(tree, positive_reward: float) -> bool:
     """The tree holds a correct trajectory: a valid answer leaf graded +1 (terminal-guided)."""
     return any(n.value == positive_reward and n.visit_count > 0
@@ -123,6 +136,7 @@ def stage_search(ctx: Context, r: RoundSettings) -> dict:
             f"{', PPM-augmented' if scorer is not None else ', terminal-guided'})")
     trees = mcts.search(ctx.train_problems, proposer, ctx.executor, cfg, scorer,
                         output_path=os.path.join(out, TREES), summary=stats)
+    _in_problem_order(trees, os.path.join(out, TREES))
     solved = [solved_by_tree(t, cfg.positive_reward) for t in trees]
     extra = []
     for attempt, rollouts in enumerate(r.extra_rollouts, start=1):
@@ -135,6 +149,7 @@ def stage_search(ctx: Context, r: RoundSettings) -> dict:
         proposer = _search_policy(ctx, r, cfg.stop_tags, round_seed(ctx.settings, r.k, attempt))
         again = mcts.search(todo, proposer, ctx.executor, more, scorer,
                             output_path=os.path.join(out, f"trees_extra{rollouts}.jsonl"))
+        _in_problem_order(again, os.path.join(out, f"trees_extra{rollouts}.jsonl"))
         fixed = {t.question for t in again if solved_by_tree(t, cfg.positive_reward)}
         solved = [ok or p["question"] in fixed for p, ok in zip(ctx.train_problems, solved)]
         extra.append({"rollouts": rollouts, "problems": len(todo), "newly_solved": len(fixed)})
