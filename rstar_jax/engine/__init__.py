@@ -6,6 +6,7 @@ kv_cache.py   the slot cache (L buffers of [S, G, T, Dh]) and row copies (prefix
 sampling.py   greedy / temperature / top-k / top-p with per-request PRNG streams
 scheduler.py  GenerationEngine: slots, prefix reuse, continuous batching, mesh sharding
 protocols.py  EngineProposer / EngineScorer: the search protocols of DESIGN.md
+prefix_scoring.py  PPM scores of sibling prompts over their shared prefix's cached K/V
 """
 
 from rstar_jax.engine.decode import STOP_REASON_NAMES
