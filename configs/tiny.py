@@ -136,7 +136,10 @@ def _tiny_round(k: int) -> ml_collections.ConfigDict:
     r.extra_rollouts = (16,) if k == 4 else ()   # paper: 64, then 128
     r.sft = train_sft.get_config("tiny")
     # Round 1 trains from scratch; later rounds continue from the previous policy.
-    r.sft.epochs = 30 if k == 1 else 4
+    # Measured on round 1's SFT set (870 rows): 30 epochs (~840 steps) left greedy pass@1
+    # at 5% / 0% on eval_easy / eval_hard, 100 epochs (~2800 steps, 440 s) reached
+    # 46% / 14%: copying a question's numbers emerges in between.
+    r.sft.epochs = 100 if k == 1 else 4
     r.sft.batch_size = 32
     # On this CPU 8 rows per micro-step run ~2x more tokens/s than 32 (the attention
     # scores of 32 rows fall out of cache), and length-grouped batches pad less.
