@@ -191,22 +191,9 @@ class Setup(typing.NamedTuple):
 
 
 def random_params(cfg, dtype, seed: int) -> dict:
-    """Random weights in the qwen2.py layout, made on device in one jitted call."""
-    import jax
-    import jax.numpy as jnp
-    from rstar_jax.models.qwen2 import layer_param_shapes
-
-    def make(key):
-        keys = iter(jax.random.split(key, 32))
-        normal = lambda shape: (0.02 * jax.random.normal(next(keys), shape)).astype(dtype)  # noqa: E731
-        layers = {name: jnp.ones(shape, dtype) if name.endswith("norm") else normal(shape)
-                  for name, shape in layer_param_shapes(cfg).items()}
-        p = {"embed": normal((cfg.vocab_size, cfg.hidden_size)), "layers": layers,
-             "final_norm": jnp.ones((cfg.hidden_size,), dtype)}
-        if not cfg.tie_word_embeddings:
-            p["lm_head"] = normal((cfg.hidden_size, cfg.vocab_size))
-        return p
-    return jax.jit(make)(jax.random.PRNGKey(seed))
+    """Random policy weights in the qwen2.py layout (the engine benchmark's own)."""
+    from launch.bench_engine import random_params as engine_random_params
+    return engine_random_params(cfg, dtype, seed)
 
 
 def random_value_head(cfg, dtype, seed: int) -> dict:
