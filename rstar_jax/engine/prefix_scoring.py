@@ -25,7 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rstar_jax.models import layers as Lyr
+from rstar_jax.engine.scheduler import pow2_at_least
+from rstar_jax.models.layers import (MASK_VALUE, attention_output, causal_mask, grouped_attention,
+                                     qkv_projection, rms_norm, rope_tables, swiglu_mlp)
 from rstar_jax.models.config import Qwen2Config
 from rstar_jax.models.qwen2 import PPM_SCORE_SCALE, value_of_hidden
 
@@ -41,17 +43,17 @@ def prefix_kv(params: dict, cfg: Qwen2Config, prefix_ids: jax.Array, prefix_len:
     b, p_len = prefix_ids.shape
     assert prefix_len.shape == (b,), (prefix_len.shape, b)
     positions = jnp.broadcast_to(jnp.arange(p_len, dtype=jnp.int32), (b, p_len))
-    cos, sin = Lyr.rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+    cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
     # causal within the prefix; padded keys sit after every real query, so causality
     # alone keeps real positions exact (padded rows compute garbage that is never read)
-    mask = Lyr.causal_mask(None, b, p_len)
+    mask = causal_mask(None, b, p_len)
     eps = cfg.rms_norm_eps
     h = jnp.take(bb["embed"], prefix_ids, axis=0)
 
     def layer(h, p):
-        q, k, v = Lyr.qkv_projection(p, Lyr.rms_norm(h, p["attn_norm"], eps), cos, sin)
-        h = h + Lyr.attention_output(p, Lyr.grouped_attention(q, k, v, mask))
-        h = h + Lyr.swiglu_mlp(p, Lyr.rms_norm(h, p["mlp_norm"], eps))
+        q, k, v = qkv_projection(p, rms_norm(h, p["attn_norm"], eps), cos, sin)
+        h = h + attention_output(p, grouped_attention(q, k, v, mask))
+        h = h + swiglu_mlp(p, rms_norm(h, p["mlp_norm"], eps))
         return h, (k, v)
 
     _, (k, v) = jax.lax.scan(layer, h, bb["layers"])
@@ -76,8 +78,8 @@ def _attend_prefix_and_self(q, pk, pv, ck, cv, prefix_len):
     s_own = jnp.einsum("bkcgrd,bkjgd->bkgrcj", q, ck).astype(jnp.float32) * scale
     pre_ok = (jnp.arange(p_len)[None, :] < prefix_len[:, None])[:, None, None, None, None, :]
     own_ok = (jnp.arange(c)[None, :] <= jnp.arange(c)[:, None])[None, None, None, None]
-    s_pre = jnp.where(pre_ok, s_pre, Lyr.MASK_VALUE)
-    s_own = jnp.where(own_ok, s_own, Lyr.MASK_VALUE)
+    s_pre = jnp.where(pre_ok, s_pre, MASK_VALUE)
+    s_own = jnp.where(own_ok, s_own, MASK_VALUE)
     probs = jax.nn.softmax(jnp.concatenate([s_pre, s_own], axis=-1), axis=-1).astype(pv.dtype)
     out = (jnp.einsum("bkgrcp,bpgd->bkcgrd", probs[..., :p_len], pv)
            + jnp.einsum("bkgrcj,bkjgd->bkcgrd", probs[..., p_len:], cv))
@@ -100,21 +102,21 @@ def child_scores(params: dict, cfg: Qwen2Config, k_prefix: jax.Array, v_prefix: 
     eps = cfg.rms_norm_eps
     positions = prefix_len[:, None, None] + jnp.arange(c, dtype=jnp.int32)[None, None, :]
     positions = jnp.broadcast_to(positions, (b, kk, c)).reshape(b * kk, c)
-    cos, sin = Lyr.rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+    cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
     h = jnp.take(bb["embed"], child_ids.reshape(b * kk, c), axis=0)     # [B*K, C, D]
 
     def layer(h, xs):
         p, pk, pv = xs
-        q, k, v = Lyr.qkv_projection(p, Lyr.rms_norm(h, p["attn_norm"], eps), cos, sin)
+        q, k, v = qkv_projection(p, rms_norm(h, p["attn_norm"], eps), cos, sin)
         split = lambda x: x.reshape((b, kk) + x.shape[1:])  # noqa: E731
         attn = _attend_prefix_and_self(split(q), pk, pv, split(k), split(v), prefix_len)
-        h = h + Lyr.attention_output(p, attn.reshape((b * kk,) + attn.shape[2:]))
-        h = h + Lyr.swiglu_mlp(p, Lyr.rms_norm(h, p["mlp_norm"], eps))
+        h = h + attention_output(p, attn.reshape((b * kk,) + attn.shape[2:]))
+        h = h + swiglu_mlp(p, rms_norm(h, p["mlp_norm"], eps))
         return h, None
 
     h, _ = jax.lax.scan(layer, h, (bb["layers"], k_prefix, v_prefix))
     last = jnp.maximum(child_len.reshape(b * kk) - 1, 0)
-    h_last = Lyr.rms_norm(h[jnp.arange(b * kk), last], bb["final_norm"], eps)
+    h_last = rms_norm(h[jnp.arange(b * kk), last], bb["final_norm"], eps)
     values = value_of_hidden(params["v_head"], h_last)
     return jnp.tanh(values / PPM_SCORE_SCALE).reshape(b, kk)
 
@@ -189,10 +191,6 @@ class PackedGroups:
     child_ids: np.ndarray
     child_len: np.ndarray
     targets: np.ndarray
-
-
-def pow2_at_least(n: int, floor: int) -> int:
-    return max(floor, 1 << (max(n, 1) - 1).bit_length())
 
 
 def pack_groups(ids: Sequence[Sequence[int]], groups: Sequence[PrefixGroup], *, max_rows: int,

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 
-from rstar_jax.engine.scheduler import Completion, GenerationEngine, Request
+from rstar_jax.engine.scheduler import Completion, GenerationEngine, Request, pow2_at_least
 from rstar_jax.models.config import Qwen2Config
 from rstar_jax.models.qwen2 import forward_scores
 from rstar_jax.models.tokenizer import step_token_ids
@@ -107,10 +107,6 @@ class EngineProposer:
                 temperature: float) -> list[list[str]]:
         return [[c.text for c in samples]
                 for samples in self.complete(prompts, num_samples, temperature)]
-
-
-def _pow2_at_least(n: int, floor: int) -> int:
-    return max(floor, 1 << (max(n, 1) - 1).bit_length())
 
 
 class EngineScorer:
@@ -212,8 +208,8 @@ class EngineScorer:
         order = sorted(which, key=lambda i: len(ids[i]))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start: start + self.batch_size]
-            t = min(_pow2_at_least(max(len(ids[i]) for i in chunk), self.min_len),
-                    _pow2_at_least(self.max_len, self.min_len))
+            t = min(pow2_at_least(max(len(ids[i]) for i in chunk), self.min_len),
+                    pow2_at_least(self.max_len, self.min_len))
             tokens = np.full((self.batch_size, t), self.pad_id, np.int32)
             mask = np.zeros((self.batch_size, t), np.int32)
             mask[:, 0] = 1     # padding rows score a single token and are discarded

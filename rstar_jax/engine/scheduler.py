@@ -71,7 +71,7 @@ def _round_up(x: int, m: int) -> int:
     return max(m, -(-x // m) * m)
 
 
-def _pow2_at_least(n: int, floor: int) -> int:
+def pow2_at_least(n: int, floor: int) -> int:
     return max(floor, 1 << (max(n, 1) - 1).bit_length())
 
 
@@ -331,7 +331,7 @@ class GenerationEngine:
     def _copy(self, pairs: list[tuple[int, int]]) -> KVCache:
         # Power-of-two widths: log2(S) compiles in all, and a copy never gathers many
         # more rows than it moves.
-        n = _pow2_at_least(len(pairs), 8)
+        n = pow2_at_least(len(pairs), 8)
         src = np.zeros(n, np.int32)
         dst = np.full(n, self.slots, np.int32)
         for i, (a, b) in enumerate(pairs):
