@@ -11,6 +11,12 @@ and needs gold answers; evaluation uses `--search_config configs/search.py:eval_
 a rerun with the same --out resumes (finished problems are not searched again). Prints a
 JSON summary: problems, solve rate of the best answer when gold answers exist, tokens.
 Model code runs only in the sandboxed executor's worker processes.
+
+Several processes (one per host or GPU: `--coordinator_address --num_processes
+--process_id`, or a SLURM / Open MPI / TPU-pod launch that JAX detects) split the
+problems: each searches its own strided shard with its own engine on its local devices
+into `<out>.partI-of-N.jsonl`, and process 0 merges the parts into --out. Rerunning
+the same command after a crash redoes only the problems no part holds yet.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ _OUT = flags.DEFINE_string("out", None, "trees JSONL (appended, resumable)")
 _MODE = flags.DEFINE_enum("mode", "mcts", ["mcts", "beam", "greedy"], "search algorithm")
 _WORKERS = flags.DEFINE_integer("executor_workers", max(1, (os.cpu_count() or 2) - 1),
                                 "sandboxed Python worker processes", lower_bound=1)
+cli.define_distributed_flags()
 _EXEC_TIMEOUT = flags.DEFINE_float("executor_timeout_s", 30.0,
                                    "per-program limit (the reference's python tool: 30 s)",
                                    lower_bound=0.01)
@@ -77,7 +84,9 @@ def build(policy_dir: str, ppm_dir: str | None, engine_cfg):
     from rstar_jax.engine import EngineProposer, EngineScorer, engine_from_config
     from rstar_jax.models import (load_ppm, load_pretrained, load_tokenizer, mesh_from_config,
                                   params_of, resize_embeddings)
-    mesh = mesh_from_config(engine_cfg.mesh)
+    import jax
+    # Each process searches its own problems: its engine lives on its own devices.
+    mesh = mesh_from_config(engine_cfg.mesh, devices=jax.local_devices())
     tok = load_tokenizer(policy_dir)
     policy = load_pretrained(policy_dir, dtype=engine_cfg.dtype)
     if len(tok) > policy.cfg.vocab_size:
@@ -100,45 +109,67 @@ def build(policy_dir: str, ppm_dir: str | None, engine_cfg):
 def run(search_cfg, engine_cfg, *, policy: str, ppm: str | None, problems: str,
         limit: int | None, out: str, mode: str, workers: int, exec_timeout_s: float,
         progress: bool = True) -> dict:
-    """Search every problem and return the summary that the CLI prints."""
-    from rstar_jax.search import answers, beam, mcts
+    """Search every problem and return the summary that the CLI prints (the same on every
+    process of a multi-process run)."""
+    from rstar_jax import distributed
+    from rstar_jax.search import answers, beam, mcts, shards
+    from rstar_jax.search.host_tree import resume_from_dump
     from rstar_jax.verify.executor import PythonExecutor
 
     search_cfg, probs, policy, ppm, out = validate(
         search_cfg, engine_cfg, policy=policy, ppm=ppm, problems=problems, limit=limit,
         out=out, mode=mode)
+    process = distributed.current()
     proposer, scorer, _ = build(policy, ppm, engine_cfg)
+    show = progress and process.is_main
     t0 = time.perf_counter()
     with PythonExecutor(workers, timeout_s=exec_timeout_s) as executor:
-        if mode == "mcts":
-            trees = mcts.search(probs, proposer, executor, search_cfg, scorer,
-                                output_path=out, progress=progress)
+        def search_fn(todo, path):
+            """Search `todo`, appending finished trees to `path` (resuming from it)."""
+            if mode == "mcts":
+                return mcts.search(todo, proposer, executor, search_cfg, scorer,
+                                   output_path=path, progress=show)
+            if mode == "greedy":
+                return mcts.greedy(todo, proposer, executor, search_cfg, output_path=path,
+                                   progress=show)
+            # Beam search finishes all its problems together: skip those already written.
+            done = resume_from_dump(path, mcts.new_trees(todo, mode="bs"))
+            rest = [p for i, p in enumerate(todo) if i not in done]
+            if rest:
+                beam.beam_search(rest, proposer, executor, search_cfg, scorer, output_path=path)
+            return None
+
+        if process.multi:
+            trees = shards.search_sharded(
+                mcts.new_trees(probs, mode="bs" if mode == "beam" else "mcts"), probs,
+                search_fn, out, index=process.index, count=process.count,
+                barrier=distributed.barrier, name=f"search {out}")
         elif mode == "beam":
             trees = beam.beam_search(probs, proposer, executor, search_cfg, scorer,
                                      output_path=out)
         else:
-            trees = mcts.greedy(probs, proposer, executor, search_cfg, output_path=out,
-                                progress=progress)
+            trees = search_fn(probs, out)
     graded = [t for t in trees if t.answer is not None]
     solved = sum(1 for t in graded
                  if (best := answers.best_answer(t)) is not None
                  and mcts.grader_equal(best[0], t.answer))
     return {"problems": len(trees), "graded": len(graded),
             "solve_rate": solved / len(graded) if graded else None,
-            "tokens_generated": proposer.tokens_generated,
+            "tokens_generated": int(distributed.sum_over_processes(proposer.tokens_generated)),
             "seconds": round(time.perf_counter() - t0, 2), "out": os.path.abspath(out),
-            "mode": mode, "ppm": bool(ppm)}
+            "mode": mode, "ppm": bool(ppm), "processes": process.count}
 
 
 def main(argv):
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments {argv[1:]}; every input is a --flag")
-    cli.setup_command()
+    process = cli.setup_command()
     summary = run(_SEARCH.value, _ENGINE.value, policy=_POLICY.value, ppm=_PPM.value,
                   problems=_PROBLEMS.value, limit=_LIMIT.value, out=_OUT.value,
                   mode=_MODE.value, workers=_WORKERS.value,
                   exec_timeout_s=_EXEC_TIMEOUT.value)
-    print(json.dumps(summary))
+    if process.is_main:
+        print(json.dumps(summary))
 
 
 if __name__ == "__main__":

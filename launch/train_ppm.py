@@ -50,7 +50,7 @@ def main(argv):
     config = FLAGS.config.value
     rows, init, tok_dir, out = validate(config, data=FLAGS.data.value, init=FLAGS.init.value,
                                         out=FLAGS.out.value, tokenizer=FLAGS.tokenizer.value)
-    cli.setup_command()
+    process = cli.setup_command()
     from rstar_jax.models import load_ppm, load_tokenizer, mesh_from_config
     from rstar_jax.train import train_ppm
 
@@ -59,7 +59,8 @@ def main(argv):
     model = load_ppm(init, dtype="float32", mesh=mesh, remat=bool(config.remat),
                      init_value_head_seed=int(config.seed))
     train_ppm(config, model, rows, tokenizer, out, mesh=mesh, progress=FLAGS.progress.value)
-    print(f"PPM written to {os.path.join(out, 'ppm')}")
+    if process.is_main:
+        print(f"PPM written to {os.path.join(out, 'ppm')}")
 
 
 if __name__ == "__main__":

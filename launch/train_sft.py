@@ -48,7 +48,7 @@ def main(argv):
     config = FLAGS.config.value
     rows, init, tok_dir, out = validate(config, data=FLAGS.data.value, init=FLAGS.init.value,
                                         out=FLAGS.out.value, tokenizer=FLAGS.tokenizer.value)
-    cli.setup_command()
+    process = cli.setup_command()
     from rstar_jax.models import load_pretrained, load_tokenizer, mesh_from_config
     from rstar_jax.train import train_sft
 
@@ -57,7 +57,8 @@ def main(argv):
     # fp32 master weights; the loss casts to config.compute_dtype.
     model = load_pretrained(init, dtype="float32", mesh=mesh, remat=bool(config.remat))
     train_sft(config, model, rows, tokenizer, out, mesh=mesh, progress=FLAGS.progress.value)
-    print(f"policy written to {os.path.join(out, 'policy')}")
+    if process.is_main:
+        print(f"policy written to {os.path.join(out, 'policy')}")
 
 
 if __name__ == "__main__":

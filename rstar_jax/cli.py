@@ -160,10 +160,77 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     return path
 
 
-def setup_command() -> None:
-    """What every launch script does first once its flags are parsed."""
+def define_distributed_flags() -> None:
+    """--distributed --coordinator_address --num_processes --process_id (absl scripts)."""
+    from absl import flags
+    flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                      "JAX distributed runtime: auto starts it for the flags below or a "
+                      "detected SLURM / Open MPI / TPU-pod launch; on always; off never")
+    flags.DEFINE_string("coordinator_address", None,
+                        "host:port of process 0's coordinator (explicit multi-process set-up)")
+    flags.DEFINE_integer("num_processes", None, "processes in the run (with --coordinator_address)")
+    flags.DEFINE_integer("process_id", None, "this process's index in [0, num_processes)")
+
+
+def add_distributed_arguments(parser) -> None:
+    """The same four options for argparse scripts (the benchmarks)."""
+    parser.add_argument("--distributed", default="auto", choices=["auto", "on", "off"],
+                        help="JAX distributed runtime (see rstar_jax/distributed.py)")
+    parser.add_argument("--coordinator_address", default=None, help="host:port of process 0")
+    parser.add_argument("--num_processes", type=int, default=None)
+    parser.add_argument("--process_id", type=int, default=None)
+
+
+def start_distributed(mode: str = "auto", coordinator_address: str | None = None,
+                      num_processes: int | None = None, process_id: int | None = None):
+    """Start JAX's distributed runtime when this is one process of several (a bad flag
+    is a UsageError); returns `distributed.Process`."""
+    from rstar_jax import distributed
+    try:
+        distributed.check_flags(mode, coordinator_address, num_processes, process_id)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    process = distributed.initialize(mode, coordinator_address, num_processes, process_id)
+    if process.multi:
+        import jax
+        print(f"process {process.index} of {process.count}: {jax.local_device_count()} local "
+              f"devices, {jax.device_count()} in all", file=sys.stderr, flush=True)
+    return process
+
+
+def start_distributed_from_args(args):
+    """`start_distributed` from an argparse namespace (add_distributed_arguments)."""
+    return start_distributed(args.distributed, args.coordinator_address, args.num_processes,
+                             args.process_id)
+
+
+def check_distributed_flags() -> None:
+    """The distributed flags' UsageError before any work (absl scripts that define them)."""
+    from absl import flags
+    if "process_id" not in flags.FLAGS:
+        return
+    from rstar_jax import distributed
+    f = flags.FLAGS
+    try:
+        distributed.check_flags(f.distributed, f.coordinator_address, f.num_processes,
+                                f.process_id)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+
+def setup_command():
+    """What every launch script does first once its flags are parsed: quiet logs, the
+    compilation cache, and (for scripts with the distributed flags) the multi-process
+    runtime. Returns `distributed.Process`."""
+    from absl import flags
     quiet_logging()
     enable_compilation_cache()
+    if "process_id" in flags.FLAGS:
+        f = flags.FLAGS
+        return start_distributed(f.distributed, f.coordinator_address, f.num_processes,
+                                 f.process_id)
+    from rstar_jax import distributed
+    return distributed.Process()
 
 
 def check_dir(path: str | None, flag: str, *, must_contain: tuple[str, ...] = (),
@@ -208,6 +275,7 @@ def define_training_flags(config_hint: str, data_help: str,
     """--config --data --init --out --tokenizer --progress; read `.value` after parsing."""
     from absl import flags
     from ml_collections import config_flags
+    define_distributed_flags()
     return types.SimpleNamespace(
         config=config_flags.DEFINE_config_file("config", None, config_hint, lock_config=True),
         data=flags.DEFINE_string("data", None, data_help),

@@ -30,6 +30,9 @@ RULES = [
      "evolve", "data", {"train", "engine", "evolve"}),
     ("train reads data files: it must not import search, engine or evolve", "train",
      {"search", "engine", "evolve"}),
+    ("distributed (the multi-process runtime) is a leaf: it imports nothing of the project",
+     "distributed", {"step_format", "models", "engine", "search", "verify", "data", "train",
+                     "evolve", "cli"}),
 ]
 LAUNCH_RULE = "the library never imports launch/ (entry points sit on top of it)"
 

@@ -69,9 +69,11 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
                          devices=devices)
 
 
-def mesh_from_config(c: Mapping) -> Mesh:
-    """From a config section with `data`, `fsdp`, `tensor` (configs/*.py `mesh`)."""
-    return make_mesh(int(c["data"]), int(c["fsdp"]), int(c["tensor"]))
+def mesh_from_config(c: Mapping, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The (data, fsdp, tensor) mesh of a config's `mesh` section, over `devices` (default:
+    every process's devices; engines pass `jax.local_devices()`, since each process
+    searches its own problems)."""
+    return make_mesh(int(c["data"]), int(c["fsdp"]), int(c["tensor"]), devices=devices)
 
 
 def _axis_size(mesh: Mesh, axes) -> int:
@@ -115,7 +117,14 @@ def param_shardings(params: dict, mesh: Mesh, rules: Mapping | None = None) -> d
 
 
 def shard_params(params: dict, mesh: Mesh, rules: Mapping | None = None) -> dict:
-    """Place a parameter dict on the mesh according to the rules."""
+    """Place a parameter dict on the mesh according to the rules.
+
+    On a mesh spanning processes every process passes the same values; they go through
+    host memory, since a process cannot copy its local arrays onto other hosts' devices.
+    """
+    if jax.process_count() > 1:
+        from rstar_jax import distributed
+        params = distributed.to_host(params)
     return jax.device_put(params, param_shardings(params, mesh, rules))
 
 

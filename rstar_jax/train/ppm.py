@@ -10,6 +10,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from rstar_jax import distributed
 from rstar_jax.models.hf_io import save_pretrained
 from rstar_jax.models.qwen2 import Qwen2PPM
 from rstar_jax.models.sharding import mesh_from_config, param_shardings
@@ -38,21 +39,21 @@ def make_evaluator(config, cfg, pairs: Sequence[train_data.PairExample], pad_id:
     chunks = [np.arange(i, min(i + bs, len(pairs))) for i in range(0, len(pairs), bs)]
     buckets = tuple(config.bucket_lengths)
     kw = {**_loss_kwargs(config, cfg), "reduction": "mean"}
-    fn = None
+    fn = b_sh = None
 
     def one(params, batch):
         num, aux = steps.ppm_loss(params, jax.tree.map(lambda x: x[0], batch), None, **kw)
         return {**aux, "numerator": num}
 
     def evaluate(params):
-        nonlocal fn
+        nonlocal fn, b_sh
         sums = {}
         for rows in chunks:
             batch = train_data.pair_batch(pairs, rows, plan, buckets, pad_id)
             if fn is None:
-                fn = jax.jit(one, in_shardings=(param_shardings(params, mesh),
-                                                steps.batch_shardings(batch, mesh)))
-            for k, v in jax.device_get(fn(params, batch)).items():
+                b_sh = steps.batch_shardings(batch, mesh)
+                fn = jax.jit(one, in_shardings=(param_shardings(params, mesh), b_sh))
+            for k, v in jax.device_get(fn(params, trainer.device_batch(batch, b_sh))).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         return {"eval_accuracy": sums["correct"] / sums["pairs"],
                 "eval_loss": sums["numerator"] / sums["pairs"], "eval_pairs": sums["pairs"]}
@@ -98,6 +99,8 @@ def train_ppm(config, model: Qwen2PPM, rows: Sequence[dict], tokenizer,
     task = ppm_task(config, model.cfg, rows, tokenizer, mesh)
     params = trainer.fit(config, task, trainer.master_params(model, mesh), out_dir, mesh=mesh,
                    progress=progress)
-    trainer.set_params(model, params, config.export_dtype)
-    save_pretrained(model, os.path.join(os.fspath(out_dir), "ppm"), tokenizer=tokenizer)
+    trainer.set_params(model, trainer.gathered_params(params), config.export_dtype)
+    if jax.process_index() == 0:
+        save_pretrained(model, os.path.join(os.fspath(out_dir), "ppm"), tokenizer=tokenizer)
+    distributed.barrier(f"{out_dir}: ppm saved")
     return model

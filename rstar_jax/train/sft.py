@@ -7,8 +7,10 @@ import logging
 import os
 from typing import Sequence
 
+import jax
 from jax.sharding import Mesh
 
+from rstar_jax import distributed
 from rstar_jax.models.hf_io import save_pretrained
 from rstar_jax.models.qwen2 import Qwen2ForCausalLM
 from rstar_jax.models.sharding import mesh_from_config
@@ -62,6 +64,8 @@ def train_sft(config, model: Qwen2ForCausalLM, rows: Sequence[dict], tokenizer,
     task = sft_task(config, model.cfg, rows, tokenizer)
     params = trainer.fit(config, task, trainer.master_params(model, mesh), out_dir, mesh=mesh,
                    progress=progress)
-    trainer.set_params(model, params, config.export_dtype)
-    save_pretrained(model, os.path.join(os.fspath(out_dir), "policy"), tokenizer=tokenizer)
+    trainer.set_params(model, trainer.gathered_params(params), config.export_dtype)
+    if jax.process_index() == 0:
+        save_pretrained(model, os.path.join(os.fspath(out_dir), "policy"), tokenizer=tokenizer)
+    distributed.barrier(f"{out_dir}: policy saved")
     return model

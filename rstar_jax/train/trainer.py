@@ -13,6 +13,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from rstar_jax import distributed
 from rstar_jax.models.sharding import mesh_from_config
 from rstar_jax.train import steps
 from rstar_jax.train.checkpoint import Checkpoints
@@ -55,13 +56,17 @@ def fit(config, task: Task, params: dict, out_dir: str | os.PathLike, *,
     abstract_params = jax.eval_shape(lambda: params)
     init_fn, abstract_state, st_sh = steps.jit_init_state(optimizer, abstract_params, mesh)
 
+    # Every process runs this loop in lock-step on one global mesh; only process 0
+    # writes the metrics file and shows a bar (orbax coordinates the checkpoints).
+    main_process = jax.process_index() == 0
     ckpts = Checkpoints(os.path.join(out_dir, "checkpoints"),
                         save_every=int(config.checkpoint.save_every),
                         keep=int(config.checkpoint.keep),
                         async_save=bool(config.checkpoint.async_save))
     log = MetricsLog(os.path.join(out_dir, f"metrics_{task.name}.jsonl"),
                      tensorboard_dir=(os.path.join(out_dir, "tensorboard", task.name)
-                                      if config.tensorboard else None))
+                                      if config.tensorboard else None)) \
+        if main_process else NullLog()
     fixed_meta = {"task": task.name, "data_seed": int(plan.seed),
                   "data_fingerprint": task.data_fingerprint, "num_rows": plan.num_rows,
                   "batch_size": plan.batch_size, "total_steps": plan.total_steps,
@@ -84,16 +89,17 @@ def fit(config, task: Task, params: dict, out_dir: str | os.PathLike, *,
         log.write(start, {}, event="resume")
     del params  # the state owns (and on accelerators donates) the parameter buffers
 
-    step_fn = None
-    bar = tqdm(total=last, initial=start, desc=task.name, disable=not progress,
+    step_fn = b_sh = None
+    bar = tqdm(total=last, initial=start, desc=task.name, disable=not (progress and main_process),
                dynamic_ncols=True)
     t_last, tokens_since, log_every = time.perf_counter(), 0.0, max(1, int(config.log_every))
     for step in range(start, last):
         batch = task.make_batch(step)
         if step_fn is None:
-            step_fn, _, _ = steps.jit_train_step(task.loss_factory, optimizer, abstract_state,
-                                             batch, mesh, seed=int(config.seed))
-        state, metrics = step_fn(state, batch)
+            step_fn, _, b_sh = steps.jit_train_step(task.loss_factory, optimizer,
+                                                    abstract_state, batch, mesh,
+                                                    seed=int(config.seed))
+        state, metrics = step_fn(state, device_batch(batch, b_sh))
         tokens_since += real_tokens(batch)
         done = step + 1
         if done % log_every == 0 or done == last:
@@ -117,6 +123,32 @@ def fit(config, task: Task, params: dict, out_dir: str | os.PathLike, *,
     ckpts.close()
     log.close()
     return state["params"]
+
+
+class NullLog:
+    """The metrics log of processes other than 0 (one file per run, not per process)."""
+
+    def write(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def device_batch(batch: Mapping, shardings: Mapping):
+    """A host batch ready for a jitted step with `shardings`: as it is for one process
+    (jit places it); with several, global arrays built from each process's own rows."""
+    if jax.process_count() == 1:
+        return batch
+    return distributed.to_global(batch, shardings)
+
+
+def gathered_params(params: dict) -> dict:
+    """Trained params as arrays on this process's default device, the same on every
+    process (an all-gather when the mesh spans processes), for export."""
+    if jax.process_count() == 1:
+        return params
+    return jax.tree.map(jax.numpy.asarray, distributed.to_host(params))
 
 
 def real_tokens(batch: Mapping) -> float:
