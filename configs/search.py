@@ -64,6 +64,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # The reference puts "\n\n" before <|assistant|> at search time but "\n" in training
     # (§3.1, quirk 9); False uses the training form everywhere (step_format.build_prompt).
     c.reference_prompt_newlines = False
+    # The reference reads an answer step's final answer only from the text before its
+    # first ".\n", less a trailing "." (§3.6, quirk 6), so "...sum.\nSo \boxed{12}" has
+    # no box. True cuts as it does (comparison runs); False (ours) reads the whole step.
+    c.reference_answer_cut = False
     c.stop_tags = STEP_STOP_TAGS  # sft_sample_mcts.yaml `stop` (§2.8)
 
     # --- step-level beam search (§2.10, sft_eval_bs.yaml) ---

@@ -249,6 +249,7 @@ def run_path(a, st: Setup, *, fast: bool) -> dict:
     from rstar_jax.engine import EngineScorer, GenerationEngine
     from rstar_jax.evolve.bootstrap import BootstrapProposer, BootstrapSettings
     from rstar_jax.search import mcts
+    from rstar_jax.search.settings import MCTSSettings
     from rstar_jax.verify.executor import PythonExecutor
     timers = Timers()
     # a fresh engine per run: no cached prefixes carried over from another run
@@ -268,9 +269,12 @@ def run_path(a, st: Setup, *, fast: bool) -> dict:
             return score(prompts)
     scorer.score = timed_score
 
+    search_cfg = search_config(a, 2 if fast else 1)
+    extract = mcts.settings_answer_fn(MCTSSettings.from_config(search_cfg))
+
     def answer_fn(text):
         with timers.part("grader"):
-            return mcts.grader_answer(text)
+            return extract(text)
 
     def grade_fn(pred, gold):
         with timers.part("grader"):
@@ -284,7 +288,7 @@ def run_path(a, st: Setup, *, fast: bool) -> dict:
         t0 = time.perf_counter()
         with timed_tree_ops(timers):
             trees = mcts.search(st.problems, proposer, TimedExecutor(executor, timers),
-                                search_config(a, 2 if fast else 1), scorer,
+                                search_cfg, scorer,
                                 answer_fn=answer_fn, grade_fn=grade_fn, progress=False,
                                 summary=summary)
         wall = time.perf_counter() - t0

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from rstar_jax.data.benchmarks import BENCHMARK_NAMES, load_benchmark
+from rstar_jax.verify import _grader_text as text_rules
 from rstar_jax.verify import grader
 from rstar_jax.verify.grader import extract_answer, math_equal, math_equal_any
 
@@ -116,6 +117,44 @@ def test_empty_answers_never_match():
 ])
 def test_extract_answer(solution, expected):
     assert extract_answer(solution) == expected
+
+
+BOX_AFTER_SENTENCE = "We compute the sum.\nHence the total is \\boxed{12}."
+
+
+@pytest.mark.parametrize("reference_cut, expected", [(False, "12"), (True, "")])
+def test_reference_cut_drops_a_box_after_the_first_sentence_end(reference_cut, expected):
+    """Quirk 6 (§3.6): with the cut, only "We compute the sum" is read, which holds no
+    answer; without it (our default) the box is found."""
+    assert extract_answer(BOX_AFTER_SENTENCE, reference_cut=reference_cut) == expected
+    assert extract_answer(BOX_AFTER_SENTENCE) == "12"
+
+
+def test_reference_cut_keeps_the_segment_before_the_first_sentence_end():
+    # The last box of the first segment, not of the whole text.
+    text = "So \\boxed{3}, then \\boxed{4}.\nLater \\boxed{5}."
+    assert extract_answer(text, reference_cut=True) == "4"
+    assert extract_answer(text) == "5"
+    # Only ".\n" cuts: a bare newline or a period before a space does not.
+    text = "First.\tSecond\nso \\boxed{7}"
+    assert extract_answer(text, reference_cut=True) == extract_answer(text) == "7"
+
+
+def test_reference_cut_strips_one_trailing_period():
+    assert text_rules.reference_cut("\\boxed{5}.") == "\\boxed{5}"
+    assert text_rules.reference_cut("\\boxed{5}..") == "\\boxed{5}."
+    assert text_rules.reference_cut("x = 3.\nrest") == "x = 3"      # the cut's own "."
+    assert text_rules.reference_cut("a\nb") == "a\nb"                # no ".\n": all of it
+    assert extract_answer("\\boxed{5}.", reference_cut=True) == "5"
+
+
+def test_reference_cut_without_a_box_reads_the_whole_segment():
+    """No box before the cut: the segment is the answer (§3.6 step 4) when it is one
+    bare answer. A prose segment goes through our no-box rules (final statement, "the
+    answer is"), not taken whole as the reference would: the switch adds the cut only."""
+    assert extract_answer("42.\nso \\boxed{7}", reference_cut=True) == "42"
+    assert extract_answer("$\\frac{1}{2}$.\nso \\boxed{7}", reference_cut=True) == "\\frac{1}{2}"
+    assert extract_answer("The answer is 5.\nSo \\boxed{6}", reference_cut=True) == "5"
 
 
 def test_extract_answer_never_raises_on_junk():

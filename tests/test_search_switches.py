@@ -2,6 +2,8 @@
 
 * `error_substring` with the real sandboxed executor: the executor reports what the
   process did; the reference's "error" substring rule is applied in search, behind it.
+* `reference_answer_cut` with the real grader's extraction, in every driver (MCTS,
+  greedy, sampling, beam): the reference's cut at the first ".\n" (§3.6, quirk 6).
 * greedy decoding with a plain dict config (no ConfigDict needed anywhere).
 * a node whose prompt no longer fits the policy's context ends as a named terminal and
   the rest of the batch goes on.
@@ -10,7 +12,7 @@
 import pytest
 
 from rstar_jax import step_format as sf
-from rstar_jax.search import mcts
+from rstar_jax.search import beam, mcts, sampling
 from rstar_jax.search.settings import MCTSSettings
 from rstar_jax.verify.executor import PythonExecutor
 from test_search_fakes import EOA, EOC, answer_fn, grade_fn, load_search_config
@@ -52,6 +54,46 @@ def test_error_substring_switch_with_the_real_executor(executor, error_substring
         assert answer.final_answer == "1" and answer.q_value == 1.0
 
 
+# A box after the first ".\n": the reference reads only "We add 2 and 3" (last number 3).
+CUT_ANSWER_STEP = "\n<answer>We add 2 and 3.\nThe answer is \\boxed{5}." + EOA
+
+
+class AnswerAtOnce:
+    def propose(self, prompts, num_samples, temperature):
+        return [[CUT_ANSWER_STEP] * num_samples for _ in prompts]
+
+
+def _run_driver(driver, reference_answer_cut):
+    """One problem through `driver` with the grader's own extraction (no answer_fn)."""
+    problems = [{"question": "Q", "answer": "5"}]
+    preset = {"mcts": "round2", "greedy": "greedy", "sampling": "greedy", "beam": "eval_bs"}
+    cfg = load_search_config(preset[driver], num_rollouts=1, num_children=1, max_depth=4,
+                             initial_num_slots=8, reference_answer_cut=reference_answer_cut)
+    if driver == "mcts":
+        return mcts.search(problems, AnswerAtOnce(), OkExecutor(), cfg, grade_fn=grade_fn,
+                           progress=False)[0]
+    if driver == "greedy":
+        return mcts.greedy(problems, AnswerAtOnce(), OkExecutor(), cfg, grade_fn=grade_fn,
+                           progress=False)[0]
+    if driver == "sampling":
+        return sampling.sample_solutions(problems, AnswerAtOnce(), OkExecutor(), cfg,
+                                         num_samples=2, temperature=1.0)[0]
+    return beam.beam_search(problems, AnswerAtOnce(), OkExecutor(), cfg)[0]
+
+
+@pytest.mark.parametrize("driver", ["mcts", "greedy", "sampling", "beam"])
+@pytest.mark.parametrize("reference_answer_cut", [False, True])
+def test_reference_answer_cut_reaches_every_driver(driver, reference_answer_cut):
+    tree = _run_driver(driver, reference_answer_cut)
+    answers = [n.final_answer for n in tree.valid_answer_nodes()]
+    assert answers and set(answers) == {"3" if reference_answer_cut else "5"}, answers
+    if driver == "mcts":   # terminal-guided: the cut answer is graded wrong (-1)
+        (leaf,) = tree.valid_answer_nodes()
+        assert leaf.q_value == (-1.0 if reference_answer_cut else 1.0)
+    if driver == "beam":
+        assert tree.solutions[0]["final_answer"] == answers[0]
+
+
 def test_greedy_runs_with_a_plain_dict_config(executor):
     cfg = load_search_config("greedy").to_dict()
     assert type(cfg) is dict and type(cfg["greedy"]) is dict
@@ -71,6 +113,11 @@ def test_settings_name_the_bad_field():
     cfg = load_search_config("round2").to_dict()
     cfg["num_childern"] = 3
     with pytest.raises(ValueError, match=r"config.search has unknown field\(s\) num_childern"):
+        MCTSSettings.from_config(cfg)
+    cfg = load_search_config("round2").to_dict()
+    cfg["reference_answer_cut"] = 1
+    with pytest.raises(ValueError, match=r"config.search.reference_answer_cut must be True or "
+                                         r"False, got 1"):
         MCTSSettings.from_config(cfg)
     cfg = load_search_config("round2").to_dict()
     cfg["greedy"]["stop_tags"] = ["<end_of_step>", "</s>"]

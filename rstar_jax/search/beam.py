@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 from rstar_jax import step_format as sf
 from rstar_jax.search import expand
 from rstar_jax.search.host_tree import SearchTree, save_trees
-from rstar_jax.search.mcts import grader_answer, new_trees
+from rstar_jax.search.mcts import new_trees, settings_answer_fn
 from rstar_jax.search.settings import MCTSSettings
 
 
@@ -36,7 +36,7 @@ def beam_search(problems: Sequence[Any], proposer: Any, executor: Any, config: A
     """
     cfg = MCTSSettings.from_config(config)
     bc = cfg.beam
-    answer_fn = answer_fn or grader_answer
+    answer_fn = answer_fn or settings_answer_fn(cfg)
     trees = new_trees(problems, mode="bs")
     beams = [[0] for _ in trees]
     room = [bc.width for _ in trees]          # the reference's current_top_num

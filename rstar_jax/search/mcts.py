@@ -31,10 +31,17 @@ from rstar_jax.step_format import CONTEXT_FULL, INVALID_TERMINALS
 # ----------------------------------------------------------------------------- inputs
 
 
-def grader_answer(step_text: str) -> str:
+def grader_answer(step_text: str, *, reference_cut: bool = False) -> str:
     """Final answer of an answer step: `rstar_jax.verify.grader.extract_answer`."""
     from rstar_jax.verify import grader   # lazily: the grader imports sympy and math-verify
-    return grader.extract_answer(step_text)
+    return grader.extract_answer(step_text, reference_cut=reference_cut)
+
+
+def settings_answer_fn(cfg: MCTSSettings) -> Callable[[str], str]:
+    """The grader's answer extraction under the search settings: with
+    `reference_answer_cut` it cuts at the first ".\\n" as the reference does (§3.6,
+    quirk 6). Every driver uses this when no `answer_fn` is given."""
+    return functools.partial(grader_answer, reference_cut=cfg.reference_answer_cut)
 
 
 def grader_equal(pred: str, gold: str | Sequence[str]) -> bool:
@@ -332,7 +339,8 @@ def search(problems: Sequence[Any], proposer: Any, executor: Any, config: Any,
       config: the search section (`configs/search.py`), a ConfigDict, a plain dict or
         `MCTSSettings`.
       scorer: optional PPM, `score(prompts) -> list[float]` in (-1, 1).
-      answer_fn / grade_fn: answer extraction and equivalence; default to the grader.
+      answer_fn / grade_fn: answer extraction and equivalence; default to the grader
+        (extraction under `config.reference_answer_cut`, `settings_answer_fn`).
       output_path: JSONL file; each tree is appended as soon as it is finished.
       progress: show a tqdm bar (problems finished, steps or tokens, solve rate).
       return_chunks: also return the internal chunks (device arrays, selection log).
@@ -341,7 +349,7 @@ def search(problems: Sequence[Any], proposer: Any, executor: Any, config: Any,
       summary: a dict to fill with counts (steps, finished, solved, graded, context_full).
     """
     cfg = MCTSSettings.from_config(config)
-    hooks = Hooks(answer_fn or grader_answer, grade_fn or grader_equal)
+    hooks = Hooks(answer_fn or settings_answer_fn(cfg), grade_fn or grader_equal)
     trees_all = new_trees(problems)
     if cfg.terminal_guided:
         missing = [i for i, t in enumerate(trees_all) if t.answer is None]

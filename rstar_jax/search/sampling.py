@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from rstar_jax import step_format as sf
 from rstar_jax.search import expand
 from rstar_jax.search.host_tree import Node, SearchTree
-from rstar_jax.search.mcts import grader_answer, new_trees
+from rstar_jax.search.mcts import new_trees, settings_answer_fn
 from rstar_jax.search.settings import MCTSSettings
 
 
@@ -29,7 +29,7 @@ def sample_solutions(problems: Sequence[Any], proposer: Any, executor: Any, conf
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     g = MCTSSettings.from_config(config).for_greedy()
-    answer_fn = answer_fn or grader_answer
+    answer_fn = answer_fn or settings_answer_fn(g)
     trees = new_trees(problems)
     heads = [[0] for _ in trees]     # per tree, the nodes to extend this level
     for depth in range(g.max_depth):

@@ -131,6 +131,7 @@ class MCTSSettings:
     initial_num_slots: int
     seed: int
     reference_prompt_newlines: bool
+    reference_answer_cut: bool
     stop_tags: tuple[str, ...]
     beam: BeamSettings
     greedy: GreedySettings
@@ -151,7 +152,7 @@ class MCTSSettings:
         _at_least(where, "temperature", c["temperature"], 0)
         _at_least(where, "c_puct", c["c_puct"], 0)
         for name in ("terminal_guided", "ppm_init_children", "error_substring",
-                     "reference_prompt_newlines"):
+                     "reference_prompt_newlines", "reference_answer_cut"):
             if not isinstance(c[name], bool):
                 raise ValueError(f"{where}.{name} must be True or False, got {c[name]!r}")
         c["stop_tags"] = _check_stop_tags(c["stop_tags"], where)

@@ -106,6 +106,14 @@ def _final_statement_answer(text: str) -> str:
     return last_number.group(0) if last_number else ""
 
 
+def reference_cut(text: str) -> str:
+    """The text before the first ".\\n", less one trailing "." (rstar_reference.md §3.6
+    step 1, quirk 6): the reference's `extract_math_answer` reads its answer from this
+    segment only, so a box written after a sentence end is lost."""
+    segment = text.split(".\n", 1)[0]
+    return segment[:-1] if segment.endswith(".") else segment
+
+
 def extract_final_answer(text: str) -> str:
     """See `grader.extract_answer` (this is the implementation, which may raise)."""
     boxes = find_boxes(text)

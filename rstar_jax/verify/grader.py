@@ -9,7 +9,8 @@ the imaginary unit, and a 1e-4 relative tolerance for non-integer golds only (so
 1000001 never equals 1000000).
 
 Differences from the reference's `extract_math_answer` (rstar_reference.md §3.6):
-  * no cut at the first ".\\n" (the reference drops an answer boxed after a sentence end);
+  * no cut at the first ".\\n" (the reference drops an answer boxed after a sentence end;
+    `extract_answer(..., reference_cut=True)` cuts as it does, quirk 6);
   * several trailing boxes joined by connectors are one answer ("\\boxed{1} and \\boxed{2}");
   * a solution without a box is graded from its final statement, not taken whole.
 
@@ -112,7 +113,7 @@ def _call_status(module: str, function: str, args: tuple, timeout_s: float | Non
 # Public API
 # ---------------------------------------------------------------------------------------
 
-def extract_answer(solution: str) -> str:
+def extract_answer(solution: str, *, reference_cut: bool = False) -> str:
     """The final answer written in a solution text; "" when there is none.
 
     In order: the last `\\boxed{...}` or `\\fbox{...}` (nested braces matched), joined
@@ -121,10 +122,16 @@ def extract_answer(solution: str) -> str:
     after "the answer is" / "final answer:", else the last math segment (`$..$`,
     `\\(..\\)`, `\\[..\\]`) or the last number, whichever comes later. An answer that is
     one `\\text{...}` is unwrapped. Never raises.
+
+    `reference_cut=True` first keeps only the text before the first ".\\n" and strips one
+    trailing "." from it, as the reference's `extract_math_answer` does (§3.6, quirk 6;
+    `config.search.reference_answer_cut`); the rules above then read that segment.
     """
     if not isinstance(solution, str):
         return ""
     try:
+        if reference_cut:
+            solution = text.reference_cut(solution)
         return text.extract_final_answer(solution)
     except Exception:  # a malformed solution has no answer; grading must not crash
         return ""
