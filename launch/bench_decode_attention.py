@@ -26,6 +26,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import model as model_presets  # noqa: E402
+from rstar_jax import cli  # noqa: E402
 from rstar_jax.engine.decode_attention import write_and_attend_pallas, write_and_attend_xla  # noqa: E402
 from rstar_jax.models.layers import rope_tables  # noqa: E402
 from rstar_jax.models.config import Qwen2Config, resolve_dtype  # noqa: E402
@@ -56,7 +57,9 @@ def main(argv=None):
     ap.add_argument("--num-warps", default="4")
     ap.add_argument("--num-stages", default="2")
     ap.add_argument("--iters", type=int, default=50)
+    cli.add_distributed_arguments(ap)
     args = ap.parse_args(argv)
+    process = cli.start_distributed_from_args(args)  # each process benchmarks its own devices; process 0 prints
 
     cfg = Qwen2Config.from_config_dict(model_presets.get_config(args.preset))
     dtype = resolve_dtype(args.dtype)
@@ -80,8 +83,9 @@ def main(argv=None):
     xla = jax.jit(write_and_attend_xla, donate_argnums=(3, 4))
     sec = time_call(xla, (qkv, cos[:, 0], sin[:, 0], cache(k2), cache(k3), n, act), args.iters)
     xla_us = sec * 1e6
-    print(json.dumps(dict(base, impl="xla", us=xla_us, live_gb_per_s=live_bytes / sec / 1e9,
-                          read_gb_per_s=2 * s * t * g * dh * itemsize / sec / 1e9)), flush=True)
+    if process.is_main:
+        print(json.dumps(dict(base, impl="xla", us=xla_us, live_gb_per_s=live_bytes / sec / 1e9,
+                              read_gb_per_s=2 * s * t * g * dh * itemsize / sec / 1e9)), flush=True)
     ints = lambda x: [int(v) for v in x.split(",") if v]  # noqa: E731
     interpret = jax.default_backend() != "gpu"
     for bk, warps, stages in itertools.product(ints(args.block_k), ints(args.num_warps),
@@ -93,13 +97,15 @@ def main(argv=None):
             sec = time_call(fn, (qkv, cos[:, 0], sin[:, 0], cache(k2), cache(k3), n, act),
                             args.iters)
         except Exception as e:   # one bad setting must not lose the others
-            print(json.dumps(dict(base, impl="pallas", block_k=bk, num_warps=warps,
-                                  num_stages=stages, error=f"{type(e).__name__}: {e}"[:300])))
+            if process.is_main:
+                print(json.dumps(dict(base, impl="pallas", block_k=bk, num_warps=warps,
+                                      num_stages=stages, error=f"{type(e).__name__}: {e}"[:300])))
             continue
-        print(json.dumps(dict(base, impl="pallas", block_k=bk, num_warps=warps,
-                              num_stages=stages, us=sec * 1e6,
-                              live_gb_per_s=live_bytes / sec / 1e9,
-                              speedup_vs_xla=xla_us / (sec * 1e6))), flush=True)
+        if process.is_main:
+            print(json.dumps(dict(base, impl="pallas", block_k=bk, num_warps=warps,
+                                  num_stages=stages, us=sec * 1e6,
+                                  live_gb_per_s=live_bytes / sec / 1e9,
+                                  speedup_vs_xla=xla_us / (sec * 1e6))), flush=True)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import model as model_presets  # noqa: E402
+from rstar_jax import cli  # noqa: E402
 from rstar_jax.engine.kv_cache import cache_bytes_per_token  # noqa: E402
 from rstar_jax.engine.scheduler import GenerationEngine, Request  # noqa: E402
 from rstar_jax.models.config import Qwen2Config, resolve_dtype  # noqa: E402
@@ -162,7 +163,9 @@ def main(argv=None):
     ap.add_argument("--profile-top", type=int, default=25)
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--hf-caches", default="static,dynamic")
+    cli.add_distributed_arguments(ap)
     args = ap.parse_args(argv)
+    process = cli.start_distributed_from_args(args)  # each process benchmarks its own devices; process 0 prints
 
     cfg = Qwen2Config.from_config_dict(model_presets.get_config(args.preset))
     dtype = resolve_dtype(args.dtype)
@@ -187,7 +190,8 @@ def main(argv=None):
             rec[key] = value
             if isinstance(value, dict):
                 rec[f"speedup_vs_{key}"] = rec["ours"]["tok_per_s"] / value["tok_per_s"]
-        print(json.dumps(rec), flush=True)
+        if process.is_main:
+            print(json.dumps({**rec, "processes": process.count}), flush=True)
 
 
 def hf_baselines(cfg, b, args) -> dict:

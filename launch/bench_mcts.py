@@ -45,6 +45,8 @@ import typing
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from rstar_jax import cli  # noqa: E402
+
 PARTS = ("prefill", "decode", "ppm_scoring", "executor", "grader", "tree_updates")
 DEVICE_PARTS = ("prefill", "decode", "ppm_scoring", "tree_updates")
 
@@ -73,6 +75,7 @@ def _args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-warmup", action="store_true",
                    help="skip the untimed first pass of each path (compiles, worker start)")
+    cli.add_distributed_arguments(p)
     a = p.parse_args(argv)
     for name in ("problems", "children", "rollouts", "depth", "slots", "max_new_tokens",
                  "steps_per_call", "score_batch", "workers"):
@@ -313,6 +316,7 @@ def run_path(a, st: Setup, *, fast: bool) -> dict:
 
 def main(argv=None):
     a = _args(argv)
+    process = cli.start_distributed_from_args(a)  # each process benchmarks its own devices; process 0 prints
     import jax
     st = build_setup(a)
     if not a.no_warmup:
@@ -339,7 +343,8 @@ def main(argv=None):
         "device": str(jax.devices()[0]), "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
     }
-    print(json.dumps(out))
+    if process.is_main:
+        print(json.dumps(out))
     return out
 
 

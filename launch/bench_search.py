@@ -28,6 +28,8 @@ import time
 
 import numpy as np
 
+from rstar_jax import cli
+
 
 def _args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -42,6 +44,7 @@ def _args():
     p.add_argument("--python_sample", type=int, default=32,
                    help="trees the plain-Python baseline times (scaled to --batch)")
     p.add_argument("--seed", type=int, default=0)
+    cli.add_distributed_arguments(p)
     return p.parse_args()
 
 
@@ -187,6 +190,7 @@ def run_python(a):
 
 def main():
     a = _args()
+    process = cli.start_distributed_from_args(a)  # each process benchmarks its own devices; process 0 prints
     res = run_jax(a)
     base = run_python(a)
     gen_s = a.batch * a.children * a.tokens_per_step / a.tok_per_s
@@ -205,7 +209,8 @@ def main():
         "target_share_pct": 5.0,
         "platform": platform.platform(),
     }
-    print(json.dumps(out, indent=2))
+    if process.is_main:
+        print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

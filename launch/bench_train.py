@@ -44,6 +44,9 @@ _LAYERS = flags.DEFINE_integer("layers", 0, "override the number of layers (0: p
 _DATA = flags.DEFINE_integer("data", 1, "mesh data axis")
 _FSDP = flags.DEFINE_integer("fsdp", -1, "mesh fsdp axis (-1: remaining devices)")
 _TENSOR = flags.DEFINE_integer("tensor", 1, "mesh tensor axis")
+from rstar_jax import cli  # noqa: E402
+
+cli.define_distributed_flags()
 _PEAK = flags.DEFINE_float("peak_flops", 989e12, "peak dense bf16 FLOP/s of one device")
 
 ALIASES = {"1.5b": "qwen2.5-math-1.5b", "7b": "qwen2.5-math-7b"}
@@ -71,6 +74,7 @@ def flops_per_token(cfg, seq_len: int) -> tuple[int, int]:
 
 def main(argv):
     del argv
+    process = cli.setup_command()    # several processes: one mesh over all their devices
     import jax
     import numpy as np
     from flax import nnx
@@ -100,7 +104,11 @@ def main(argv):
                                           remat=_REMAT.value and _REMAT_POLICY.value,
                                           constrain=c, attention_impl=_ATTN.value)
     step, _, b_sh = steps.jit_train_step(factory, optimizer, abstract_state, batch, mesh)
-    batch = jax.device_put(batch, b_sh)
+    if process.multi:     # each process hands over only its own rows
+        from rstar_jax import distributed
+        batch = distributed.to_global(batch, b_sh)
+    else:
+        batch = jax.device_put(batch, b_sh)
 
     t0 = time.perf_counter()
     for _ in range(max(1, _WARMUP.value)):
@@ -125,9 +133,12 @@ def main(argv):
         mem = {"peak_bytes_in_use_device0": stats.get("peak_bytes_in_use")}
     except Exception:  # noqa: BLE001 - CPU backends have no memory stats
         pass
+    if not process.is_main:
+        return
     print(json.dumps({
         "preset": ALIASES.get(_PRESET.value, _PRESET.value), "layers": cfg.num_hidden_layers,
         "device_kind": jax.devices()[0].device_kind, "devices": n_dev,
+        "processes": process.count,
         "mesh": dict(mesh.shape), "seq_len": _SEQ.value, "micro_batch": _MICRO.value,
         "accum": _ACCUM.value, "remat": _REMAT.value and _REMAT_POLICY.value,
         "attention_impl": _ATTN.value, "compute_dtype": _DTYPE.value,

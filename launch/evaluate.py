@@ -52,6 +52,7 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "sampling temperature for 
 _OUT = flags.DEFINE_string("out", None, "results JSON (optional)")
 _WORKERS = flags.DEFINE_integer("executor_workers", max(1, (os.cpu_count() or 2) - 1),
                                 "sandboxed Python worker processes", lower_bound=1)
+cli.define_distributed_flags()
 _EXEC_TIMEOUT = flags.DEFINE_float("executor_timeout_s", 30.0, "per-program limit",
                                    lower_bound=0.01)
 
@@ -113,47 +114,78 @@ def validate():
 
 
 def evaluate_all(modes, settings, policy, ppm, problems, *, seeds, n, runs, temperature,
-                 workers, timeout_s, engine_cfg) -> dict:
+                 workers, timeout_s, engine_cfg, ) -> dict:
+    """Every mode over every seed: {mode: {"metrics": {key: {"mean", "stderr"}},
+    "per_seed": [metrics]}}. With several processes each evaluates its own strided
+    shard of the problems on its own devices, and the shards' per-problem records are
+    scored together (the same numbers as one process)."""
+    import jax
+
+    from rstar_jax import distributed
     from rstar_jax.evolve import evaluate
     from rstar_jax.evolve.models import ModelCache
     from rstar_jax.models import mesh_from_config
     from rstar_jax.search import answers, mcts
+    from rstar_jax.search.shards import shard_positions
     from rstar_jax.verify.executor import PythonExecutor
-    models = ModelCache(engine_cfg, policy, mesh=mesh_from_config(engine_cfg.mesh))
+    process = distributed.current()
+    positions = shard_positions(len(problems), process.index, process.count)
+    mine = [problems[j] for j in positions]
+    models = ModelCache(engine_cfg, policy,
+                        mesh=mesh_from_config(engine_cfg.mesh, devices=jax.local_devices()))
     scorer = models.scorer(ppm) if ppm else None
     grading = evaluate.Grading()
     results = {}
+
+    def merged(rows):
+        """Every process's per-problem rows, back in problem order."""
+        out = [None] * len(problems)
+        for k, part in enumerate(distributed.gather_objects(rows)):
+            for pos, row in zip(shard_positions(len(problems), k, process.count), part,
+                                strict=True):
+                out[pos] = row
+        return out
+
     with PythonExecutor(workers, timeout_s=timeout_s) as executor:
         for mode in modes:
             per_seed = []
             for seed in seeds:
                 if mode == "greedy":
                     prop = models.proposer(policy, stop_tags=settings.greedy.stop_tags, seed=seed)
-                    res = evaluate.greedy(problems, prop, executor, settings, grading)
+                    res = evaluate.greedy(mine, prop, executor, settings, grading)
+                    metrics = evaluate.pass1_metrics(merged(res["problems"]))
                 elif mode == "best_of_n":
                     prop = models.proposer(policy, stop_tags=settings.greedy.stop_tags, seed=seed)
-                    res = evaluate.sampled(problems, prop, executor, settings, grading,
+                    res = evaluate.sampled(mine, prop, executor, settings, grading,
                                            n_values=(n,), temperature=temperature, scorer=scorer)
+                    metrics = evaluate.sampled_metrics(merged(res["problems"]), grading,
+                                                       n_values=(n,), scored=scorer is not None)
                 elif mode == "beam":
                     prop = models.proposer(policy, stop_tags=settings.beam.stop_tags, seed=seed)
-                    res = evaluate.beam_search(problems, prop, executor, settings, grading,
+                    res = evaluate.beam_search(mine, prop, executor, settings, grading,
                                                scorer=scorer)
+                    metrics = evaluate.pass1_metrics(merged(res["problems"]))
                 elif runs == 1:
                     prop = models.proposer(policy, stop_tags=settings.stop_tags, seed=seed)
-                    res = evaluate.guided_mcts(problems, prop, executor, settings, grading,
+                    res = evaluate.guided_mcts(mine, prop, executor, settings, grading,
                                                scorer=scorer)
+                    metrics = evaluate.mcts_metrics(merged(res["problems"]), grading)
                 else:
                     trees = mcts.search_runs(
-                        problems, lambda s: models.proposer(policy, stop_tags=settings.stop_tags,
-                                                            seed=s),
+                        mine, lambda s: models.proposer(policy, stop_tags=settings.stop_tags,
+                                                        seed=s),
                         executor, _with_seed(settings, seed * 1000), scorer, num_runs=runs,
                         progress=False)
                     m = answers.evaluate_runs(trees, grading.correct, grading.equal,
                                               top_n=settings.vote.top_n,
                                               max_node_per_tree=settings.vote.max_node_per_tree)
-                    res = {"metrics": {k: m[k] for k in ("pass1", "passn", "majority",
-                                                         "weighted")}}
-                per_seed.append(res["metrics"])
+                    keys = ("pass1", "passn", "majority", "weighted")
+                    # Fractions of each shard's problems back to counts, summed over shards.
+                    counts = distributed.gather_objects(
+                        {k: round(m[k] * len(mine)) for k in keys})
+                    metrics = {k: sum(c[k] for c in counts) / max(len(problems), 1)
+                               for k in keys}
+                per_seed.append(metrics)
             summary = {}
             for key in per_seed[0]:
                 mean, se = evaluate.mean_and_stderr([m[key] for m in per_seed])
@@ -181,13 +213,15 @@ def main(argv):
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments {argv[1:]}; every input is a --flag")
     modes, settings, policy, ppm, problems, out = validate()
-    cli.setup_command()
+    process = cli.setup_command()
     seeds = list(range(_SEEDS.value or (4 if len(problems) < 100 else 1)))
     t0 = time.perf_counter()
     results = evaluate_all(modes, settings, policy, ppm, problems, seeds=seeds, n=_N.value,
                            runs=_RUNS.value, temperature=_TEMPERATURE.value,
                            workers=_WORKERS.value, timeout_s=_EXEC_TIMEOUT.value,
                            engine_cfg=_ENGINE.value)
+    if not process.is_main:
+        return
     print(table(results, len(problems), seeds))
     doc = {"problems": _PROBLEMS.value, "num_problems": len(problems), "seeds": seeds,
            "policy": policy, "ppm": ppm, "results": results,

@@ -35,6 +35,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "configs/<model>/round<k>.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory of the run (created; resumable)")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "print the plan and exit; loads no weights")
+cli.define_distributed_flags()
 
 
 def main(argv):
@@ -45,6 +46,7 @@ def main(argv):
     if not _WORKDIR.value:
         raise cli.UsageError("--workdir is required (the run's directory; rerun to resume)")
     cli.quiet_logging()
+    cli.check_distributed_flags()
     from rstar_jax.evolve import driver
     t0 = time.perf_counter()
     try:
@@ -54,10 +56,12 @@ def main(argv):
     if _DRY_RUN.value:
         print(driver.describe_plan(prepared))
         return
-    cli.setup_command()
-    print(driver.describe_plan(prepared), flush=True)
-    driver.run(prepared, log=lambda m: print(m, flush=True))
-    print(f"finished in {time.perf_counter() - t0:.0f} s", flush=True)
+    process = cli.setup_command()
+    if process.is_main:
+        print(driver.describe_plan(prepared), flush=True)
+    driver.run(prepared, log=lambda m: print(m, flush=True), process=process)
+    if process.is_main:
+        print(f"finished in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

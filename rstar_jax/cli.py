@@ -182,16 +182,18 @@ def add_distributed_arguments(parser) -> None:
 
 
 def start_distributed(mode: str = "auto", coordinator_address: str | None = None,
-                      num_processes: int | None = None, process_id: int | None = None):
+                      num_processes: int | None = None, process_id: int | None = None, *,
+                      announce: bool = True):
     """Start JAX's distributed runtime when this is one process of several (a bad flag
-    is a UsageError); returns `distributed.Process`."""
+    is a UsageError); returns `distributed.Process`. `announce` prints this process's
+    place and devices to stderr (which starts the JAX backend)."""
     from rstar_jax import distributed
     try:
         distributed.check_flags(mode, coordinator_address, num_processes, process_id)
     except ValueError as e:
         raise UsageError(str(e)) from e
     process = distributed.initialize(mode, coordinator_address, num_processes, process_id)
-    if process.multi:
+    if process.multi and announce:
         import jax
         print(f"process {process.index} of {process.count}: {jax.local_device_count()} local "
               f"devices, {jax.device_count()} in all", file=sys.stderr, flush=True)
@@ -199,9 +201,10 @@ def start_distributed(mode: str = "auto", coordinator_address: str | None = None
 
 
 def start_distributed_from_args(args):
-    """`start_distributed` from an argparse namespace (add_distributed_arguments)."""
+    """`start_distributed` from an argparse namespace (add_distributed_arguments), without
+    starting the JAX backend (the benchmarks time what comes before it)."""
     return start_distributed(args.distributed, args.coordinator_address, args.num_processes,
-                             args.process_id)
+                             args.process_id, announce=False)
 
 
 def check_distributed_flags() -> None:

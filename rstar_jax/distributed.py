@@ -195,3 +195,23 @@ def sum_over_processes(value: float) -> float:
     import numpy as np
     from jax.experimental import multihost_utils
     return float(np.sum(multihost_utils.process_allgather(np.asarray(value, np.float64))))
+
+
+def gather_objects(obj: Any) -> list:
+    """Every process's JSON-serializable `obj`, in process order, on every process
+    (`[obj]` for one process). For small host results (an evaluation's per-problem
+    rows), not for arrays."""
+    import jax
+    if jax.process_count() == 1:
+        return [obj]
+    import json
+
+    import numpy as np
+    from jax.experimental import multihost_utils
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int64)))
+    sizes = sizes.reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:data.size] = data
+    every = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+    return [json.loads(bytes(row[:n]).decode()) for row, n in zip(every, sizes)]

@@ -26,7 +26,8 @@ def free_port() -> int:
 def env(devices: int) -> dict:
     """A subprocess environment with `devices` CPU devices (and no test-session flags)."""
     e = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    e.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), PYTHONUNBUFFERED="1")
+    e.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), PYTHONUNBUFFERED="1",
+             MPLBACKEND="Agg")
     return e
 
 

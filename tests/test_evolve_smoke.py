@@ -100,6 +100,26 @@ def test_a_second_run_does_nothing_and_changes_nothing(smoke_run):
     assert before == after
 
 
+def test_multihost_evolve_as_two_processes_writes_the_single_process_report(smoke_run,
+                                                                             tmp_path):
+    """The same command as two local processes on JAX's distributed runtime (one CPU
+    device each): search and eval split by problems, training on the 2-device mesh."""
+    import multihost_fixtures as multihost
+    reference, _, _ = smoke_run
+    workdir = tmp_path / "two"
+    multihost.run(command(workdir), 2, 1, tmp_path / "logs", timeout_s=900)
+    logs = multihost.logs(tmp_path / "logs")
+    assert "process 1 of 2: 1 local devices, 2 in all" in logs
+    got = without_times(json.loads((workdir / "report.json").read_text()))
+    want = without_times(json.loads((reference / "report.json").read_text()))
+    assert got == want
+    for k in (1, 2):     # terminal-guided rounds: the merged trees are byte-identical
+        trees = f"round{k}/search/trees.jsonl"
+        assert (workdir / trees).read_bytes() == (reference / trees).read_bytes(), trees
+    leftovers = [str(p) for p in workdir.rglob("*.part*-of-*")]
+    assert not leftovers, leftovers
+
+
 def test_notebook_opens_the_smoke_workdir(smoke_run, tmp_path):
     workdir, _, _ = smoke_run
     nb = json.loads(open(os.path.join(ROOT, "notebooks", "evolve_report.ipynb")).read())

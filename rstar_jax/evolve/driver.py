@@ -178,19 +178,39 @@ def tiny_corpus(p: Prepared) -> list[str]:
     return texts
 
 
-def run(p: Prepared, *, log: Callable[[str], None] = print) -> dict:
-    """Run (or resume) every stage; returns the report."""
+def run(p: Prepared, *, log: Callable[[str], None] = print, process=None) -> dict:
+    """Run (or resume) every stage; returns the report.
+
+    process: this process's place in a multi-process run (`distributed.current()`);
+    every process runs this with the same arguments, and process 0 writes what is shared.
+    """
+    from rstar_jax import distributed
     from rstar_jax.evolve import report
+    process = process or distributed.Process()
     wd = p.workdir
+    if not process.is_main:
+        log = _quiet
+    ctx_barrier = distributed.barrier if process.multi else (lambda name: None)
+
+    def main_first(name: str, fn: Callable[[], Any]) -> Any:
+        """Process 0 writes (or checks) a shared file, then the others check it."""
+        out = fn() if process.is_main else None
+        ctx_barrier(name)
+        return out if process.is_main else fn()
+
     os.makedirs(wd.root, exist_ok=True)
     if p.settings.kind == "run":
-        wd.check_config(os.path.join(wd.root, "config.json"), p.resolved, what="config")
-    ctx = st.Context(p.settings, wd, p.train_problems, p.eval_problems, _tokenizer_dir(p), log=log)
+        main_first("config", lambda: wd.check_config(os.path.join(wd.root, "config.json"),
+                                                      p.resolved, what="config"))
+    tokenizer_dir = main_first("tokenizer", lambda: _tokenizer_dir(p))
+    ctx = st.Context(p.settings, wd, p.train_problems, p.eval_problems, tokenizer_dir, log=log,
+                     process=process)
     try:
         for r in p.settings.rounds:
             unit = f"round{r.k}"
-            wd.check_config(os.path.join(wd.round_dir(r.k), "config.json"),
-                            round_view(p.resolved, r.k), what=f"round {r.k} config")
+            main_first(f"round {r.k} config", lambda r=r: wd.check_config(
+                os.path.join(wd.round_dir(r.k), "config.json"), round_view(p.resolved, r.k),
+                what=f"round {r.k} config"))
             for stage in st.STAGES:
                 _run_stage(ctx, unit, stage, lambda s=stage, r=r: st.STAGE_FUNCTIONS[s](ctx, r), log)
         if p.settings.control_enabled:
@@ -199,19 +219,30 @@ def run(p: Prepared, *, log: Callable[[str], None] = print) -> dict:
     finally:
         ctx.close()
     rep = report.build(wd, p.settings, p.train_problems, p.eval_problems)
-    report.write(wd, rep, plots=p.settings.plots)
+    if process.is_main:
+        report.write(wd, rep, plots=p.settings.plots)
+    ctx_barrier("report")
     log(f"report: {os.path.join(wd.root, 'report.md')}")
     return rep
 
 
+def _quiet(message: str) -> None:
+    """The log of processes other than 0 (process 0 speaks for the run)."""
+
+
 def _run_stage(ctx: st.Context, unit: str, stage: str, fn: Callable[[], dict], log) -> None:
+    """Run a stage unless it is done; with several processes all run it, then process 0
+    marks it done once every process has finished its part."""
     wd = ctx.workdir
     if wd.is_done(unit, stage):
         return
     t0 = time.perf_counter()
     info = fn() or {}
     seconds = time.perf_counter() - t0
-    wd.mark_done(unit, stage, {"seconds": seconds, **info})
+    ctx.barrier(f"{unit}/{stage}: finished")
+    if ctx.process.is_main:
+        wd.mark_done(unit, stage, {"seconds": seconds, **info})
+    ctx.barrier(f"{unit}/{stage}: marked done")
     log(f"{unit}/{stage}: done in {seconds:.1f} s")
 
 

@@ -2,7 +2,9 @@
 best-of-N with the PPM), PPM-guided MCTS and step beam search (the paper's Tables 3/6
 and Fig. 3).
 
-Every mode returns per-problem records and metrics as fractions in [0, 1]. Curves over
+Every mode returns per-problem records and metrics as fractions in [0, 1]; the metrics
+are a function of the records alone (`*_metrics`), so a set evaluated in shards by
+several processes is scored from the merged records. Curves over
 the number of trajectories N use one run at the largest N:
 * majority@N / best-of-N@N look at the first N of the sampled solutions;
 * MCTS@N picks the best PPM-valued answer among the answer leaves made in the first N
@@ -62,8 +64,12 @@ def greedy(problems, proposer, executor, search_cfg, grading: Grading) -> dict:
         best = answers.best_answer(t)
         pred = best[0] if best else None
         rows.append({**_record(t), "answer": pred, "correct": grading.correct(pred, t.answer)})
-    return {"metrics": {"pass1": _mean(r["correct"] for r in rows)}, "problems": rows,
-            "trees": trees}
+    return {"metrics": pass1_metrics(rows), "problems": rows, "trees": trees}
+
+
+def pass1_metrics(rows: Sequence[dict]) -> dict:
+    """Greedy and beam search: the share of problems whose answer is correct."""
+    return {"pass1": _mean(r["correct"] for r in rows)}
 
 
 def sampled(problems, proposer, executor, search_cfg, grading: Grading, *, n_values,
@@ -88,16 +94,24 @@ def sampled(problems, proposer, executor, search_cfg, grading: Grading, *, n_val
                 scores[i] = None if s is None else float(s)
         rows.append({**_record(t), "samples": preds, "ppm_scores": scores,
                      "sample_correct": [grading.correct(p, t.answer) for p in preds]})
+    return {"metrics": sampled_metrics(rows, grading, n_values=n_values,
+                                       scored=scorer is not None),
+            "problems": rows, "trees": trees}
+
+
+def sampled_metrics(rows: Sequence[dict], grading: Grading, *, n_values,
+                    scored: bool) -> dict:
+    """majority@N, pass@N and (`scored`: with PPM scores) best-of-N@N over sampled rows."""
     metrics = {}
     for n in n_values:
         maj = [_majority(r["samples"][:n], grading) for r in rows]
         metrics[f"majority@{n}"] = _mean(grading.correct(p, r["gold"]) for p, r in zip(maj, rows))
         metrics[f"pass@{n}"] = _mean(any(r["sample_correct"][:n]) for r in rows)
-        if scorer is not None:
+        if scored:
             best = [_best_scored(r["samples"][:n], r["ppm_scores"][:n]) for r in rows]
             metrics[f"best_of_n@{n}"] = _mean(grading.correct(p, r["gold"])
                                               for p, r in zip(best, rows))
-    return {"metrics": metrics, "problems": rows, "trees": trees}
+    return metrics
 
 
 def guided_mcts(problems, proposer, executor, search_cfg, grading: Grading, *, scorer,
@@ -118,12 +132,18 @@ def guided_mcts(problems, proposer, executor, search_cfg, grading: Grading, *, s
                      "answer_by_rollouts": by_n,
                      "any_correct": any(grading.correct(x.final_answer, t.answer)
                                         for x in t.valid_answer_nodes())})
+    return {"metrics": mcts_metrics(rows, grading, n_values=n_values), "problems": rows,
+            "trees": trees}
+
+
+def mcts_metrics(rows: Sequence[dict], grading: Grading, *, n_values=()) -> dict:
+    """pass@1 of the chosen answer, pass@n (any answer leaf correct) and MCTS@N."""
     metrics = {"pass1": _mean(r["correct"] for r in rows),
                "passn": _mean(r["any_correct"] for r in rows)}
     for n in n_values:
         metrics[f"mcts@{n}"] = _mean(grading.correct(r["answer_by_rollouts"][str(n)], r["gold"])
                                      for r in rows)
-    return {"metrics": metrics, "problems": rows, "trees": trees}
+    return metrics
 
 
 def beam_search(problems, proposer, executor, search_cfg, grading: Grading, *, scorer) -> dict:
@@ -133,8 +153,7 @@ def beam_search(problems, proposer, executor, search_cfg, grading: Grading, *, s
     for t in trees:
         pred = t.solutions[0]["final_answer"] if t.solutions else None
         rows.append({**_record(t), "answer": pred, "correct": grading.correct(pred, t.answer)})
-    return {"metrics": {"pass1": _mean(r["correct"] for r in rows)}, "problems": rows,
-            "trees": trees}
+    return {"metrics": pass1_metrics(rows), "problems": rows, "trees": trees}
 
 
 def _majority(preds: Sequence[str | None], grading: Grading) -> str | None:

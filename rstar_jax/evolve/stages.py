@@ -10,6 +10,12 @@
 
 A stage writes into DIR/round<k>/<stage>/ and ends with its DONE marker; a stage that
 has one is never run again (workdir.py).
+
+With several processes (JAX's distributed runtime) every process runs every stage:
+search and evaluation split the problems between them (`search/shards.py`), training
+runs on one mesh over all their devices, and process 0 alone writes the files that are
+the same for all (data, export, summaries, markers); the driver puts a barrier after
+each stage.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import shutil
 import time
 from typing import Any, Callable
 
+from rstar_jax import distributed
 from rstar_jax import step_format as sf
 from rstar_jax.evolve import evaluate
 from rstar_jax.evolve.settings import RoundSettings, RunSettings
@@ -41,16 +48,21 @@ class Context:
     eval_problems: dict[str, list[dict]]
     tokenizer_dir: str
     log: Callable[[str], None] = print
+    process: distributed.Process = dataclasses.field(default_factory=distributed.Process)
     _models: Any = None
     _executor: Any = None
 
     @property
     def models(self):
         if self._models is None:
+            import jax
+
             from rstar_jax.evolve.models import ModelCache
             from rstar_jax.models import mesh_from_config
+            # Each process searches its own problems with an engine on its own devices.
             self._models = ModelCache(self.settings.engine, self.tokenizer_dir,
-                                      mesh=mesh_from_config(self.settings.engine.mesh))
+                                      mesh=mesh_from_config(self.settings.engine.mesh,
+                                                            devices=jax.local_devices()))
         return self._models
 
     @property
@@ -74,6 +86,28 @@ class Context:
         d = self.workdir.stage_dir(unit, stage)
         os.makedirs(d, exist_ok=True)
         return d
+
+    def barrier(self, name: str) -> None:
+        """Every process waits here (a no-op for one process)."""
+        if self.process.multi:
+            distributed.barrier(name)
+
+    def search(self, problems: list[dict], path: str, search_fn: Callable[[list, str], Any],
+               *, name: str, mode: str = "mcts") -> list:
+        """Every problem's tree, in problem order, written to `path` (resumable).
+
+        search_fn(problems, output_path) searches and appends finished trees to the file.
+        One process searches everything; several each search their own shard into a part
+        file, which process 0 merges into `path`.
+        """
+        if not self.process.multi:
+            trees = search_fn(problems, path)
+            _in_problem_order(trees, path)
+            return trees
+        from rstar_jax.search import mcts, shards
+        return shards.search_sharded(mcts.new_trees(problems, mode=mode), problems, search_fn,
+                                     path, index=self.process.index, count=self.process.count,
+                                     barrier=self.barrier, name=name)
 
     def export_dir(self, unit: str, what: str) -> str:
         return os.path.join(self.workdir.stage_dir(unit, "export"), what)
@@ -130,13 +164,15 @@ def stage_search(ctx: Context, r: RoundSettings) -> dict:
     cfg = MCTSSettings.from_config(r.search, f"config.rounds.{unit}.search")
     scorer = ctx.models.scorer(ctx.export_dir(ctx.unit(r.k - 1), "ppm")) if r.use_ppm else None
     proposer = _search_policy(ctx, r, cfg.stop_tags, round_seed(ctx.settings, r.k))
-    stats: dict = {}
     ctx.log(f"{unit}/search: MCTS over {len(ctx.train_problems)} problems "
             f"({cfg.num_rollouts} rollouts, {cfg.num_children} children"
             f"{', PPM-augmented' if scorer is not None else ', terminal-guided'})")
-    trees = mcts.search(ctx.train_problems, proposer, ctx.executor, cfg, scorer,
-                        output_path=os.path.join(out, TREES), summary=stats)
-    _in_problem_order(trees, os.path.join(out, TREES))
+    trees = ctx.search(ctx.train_problems, os.path.join(out, TREES),
+                       lambda todo, path: mcts.search(todo, proposer, ctx.executor, cfg, scorer,
+                                                      output_path=path,
+                                                      progress=ctx.process.is_main),
+                       name=f"{unit}/search")
+    tokens = [getattr(proposer, "tokens_generated", None)]
     solved = [solved_by_tree(t, cfg.positive_reward) for t in trees]
     extra = []
     for attempt, rollouts in enumerate(r.extra_rollouts, start=1):
@@ -147,9 +183,12 @@ def stage_search(ctx: Context, r: RoundSettings) -> dict:
         ctx.log(f"{unit}/search: {len(todo)} problems without a correct trajectory get "
                 f"{rollouts} rollouts with a new seed")
         proposer = _search_policy(ctx, r, cfg.stop_tags, round_seed(ctx.settings, r.k, attempt))
-        again = mcts.search(todo, proposer, ctx.executor, more, scorer,
-                            output_path=os.path.join(out, f"trees_extra{rollouts}.jsonl"))
-        _in_problem_order(again, os.path.join(out, f"trees_extra{rollouts}.jsonl"))
+        again = ctx.search(todo, os.path.join(out, f"trees_extra{rollouts}.jsonl"),
+                           lambda todo, path, more=more, proposer=proposer: mcts.search(
+                               todo, proposer, ctx.executor, more, scorer, output_path=path,
+                               progress=ctx.process.is_main),
+                           name=f"{unit}/search extra {rollouts}")
+        tokens.append(getattr(proposer, "tokens_generated", None))
         fixed = {t.question for t in again if solved_by_tree(t, cfg.positive_reward)}
         solved = [ok or p["question"] in fixed for p, ok in zip(ctx.train_problems, solved)]
         extra.append({"rollouts": rollouts, "problems": len(todo), "newly_solved": len(fixed)})
@@ -157,11 +196,21 @@ def stage_search(ctx: Context, r: RoundSettings) -> dict:
                "solve_rate_by_part": _by_part(ctx.train_problems, solved, "source"),
                "solve_rate_by_difficulty": _by_part(ctx.train_problems, solved, "num_terms"),
                "nodes": sum(len(t.nodes) for t in trees),
-               "context_full": stats.get("context_full", 0),
-               "tokens_generated": getattr(proposer, "tokens_generated", None),
+               # Counted in the trees, so a resumed or split search counts the same.
+               "context_full": sum(n.final_answer == sf.CONTEXT_FULL
+                                   for t in trees for n in t.nodes),
+               # Generated by this command's processes (a resumed search counts only the rest).
+               "tokens_generated": _tokens_over_processes(tokens),
                "extra_rollouts": extra}
-    write_json_atomic(summary, os.path.join(out, "summary.json"))
+    if ctx.process.is_main:
+        write_json_atomic(summary, os.path.join(out, "summary.json"))
     return summary
+
+
+def _tokens_over_processes(counts: list) -> int | None:
+    if any(c is None for c in counts):
+        return None
+    return int(distributed.sum_over_processes(float(sum(counts))))
 
 
 def _by_part(problems: list[dict], flags: list[bool], key: str) -> dict:
@@ -205,13 +254,15 @@ def stage_data(ctx: Context, r: RoundSettings) -> dict:
         raise RuntimeError(f"{unit}: the search found no correct trajectory, so there is no SFT "
                            "data; search more (rollouts, children) or check the problems' golds")
     pairs = ppm_pairs.build_ppm_pairs(this, ppm_pairs.rules_from_config(d.ppm))
+    summary = {"trees": len(this), "sft_rows": len(rows),
+               "sft_questions": len({x["question"] for x in rows}), "ppm_pairs": len(pairs)}
+    if not ctx.process.is_main:    # every process computes the same rows; one writes them
+        return summary
     sft_data.write_sft_jsonl(rows, os.path.join(out, "sft.jsonl"))
     sft_data.write_reference_sft_json(rows, os.path.join(out, "sft.json"))
     ppm_pairs.write_ppm_jsonl(pairs, os.path.join(out, "ppm.jsonl"),
                               reference_newlines=d.ppm.reference_newlines)
     ppm_pairs.write_reference_ppm_json(pairs, os.path.join(out, "rm.json"))
-    summary = {"trees": len(this), "sft_rows": len(rows),
-               "sft_questions": len({x["question"] for x in rows}), "ppm_pairs": len(pairs)}
     write_json_atomic(summary, os.path.join(out, "summary.json"))
     ctx.log(f"{unit}/data: {summary['sft_rows']} SFT rows over {summary['sft_questions']} "
             f"problems, {summary['ppm_pairs']} PPM pairs")
@@ -287,7 +338,8 @@ def stage_ppm(ctx: Context, r: RoundSettings) -> dict:
     rows = read_jsonl(os.path.join(ctx.workdir.stage_dir(unit, "data"), "ppm.jsonl"))
     if not rows:
         ctx.log(f"{unit}/ppm: no preference pairs; the PPM keeps its initial value head")
-        save_pretrained(ppm, os.path.join(out, "ppm"), tokenizer=ctx.tokenizer())
+        if ctx.process.is_main:
+            save_pretrained(ppm, os.path.join(out, "ppm"), tokenizer=ctx.tokenizer())
         return {"pairs": 0, "trained": False, "pair_accuracy": None}
     ctx.log(f"{unit}/ppm: {len(rows)} pairs")
     train_ppm(r.ppm, ppm, rows, ctx.tokenizer(), out, mesh=mesh_from_config(r.ppm.mesh))
@@ -301,6 +353,8 @@ def stage_ppm(ctx: Context, r: RoundSettings) -> dict:
 def stage_export(ctx: Context, r: RoundSettings) -> dict:
     unit = ctx.unit(r.k)
     out = ctx.stage_dir(unit, "export")
+    if not ctx.process.is_main:    # copies of files every process can read
+        return {"policy": os.path.join(out, "policy"), "ppm": os.path.join(out, "ppm")}
     for what, src in (("policy", os.path.join(ctx.workdir.stage_dir(unit, "policy"), "policy")),
                       ("ppm", os.path.join(ctx.workdir.stage_dir(unit, "ppm"), "ppm"))):
         dst = os.path.join(out, what)
@@ -336,35 +390,100 @@ def _unit_file(out: str, mode: str, split: str) -> str:
     return os.path.join(out, f"{mode}.{split}.json")
 
 
-def run_eval_unit(ctx: Context, out: str, mode: str, split: str, fn: Callable[[int], dict]) -> dict:
+def run_eval_unit(ctx: Context, out: str, mode: str, split: str,
+                  fn: Callable[[int, list], dict], metrics_fn: Callable[[list], dict]) -> dict:
     """One (mode, split) evaluation over its seeds, written atomically; skipped when its
-    file exists (a resumed eval stage redoes only unfinished units)."""
+    file exists (a resumed eval stage redoes only unfinished units).
+
+    fn(seed, problems) evaluates problems (`evaluate.greedy` and friends);
+    metrics_fn(rows) scores per-problem rows, so that several processes can each
+    evaluate a shard and process 0 scores the merged rows.
+    """
     path = _unit_file(out, mode, split)
     if os.path.isfile(path):
         return read_json(path)
     t0 = time.perf_counter()
     seeds = eval_seeds(ctx, split) if mode != "greedy" else [ctx.settings.seed]
-    runs = [fn(seed) for seed in seeds]
-    metrics = {}
-    for key in runs[0]["metrics"]:
-        mean, se = evaluate.mean_and_stderr([run["metrics"][key] for run in runs])
-        metrics[key] = mean
-        if len(runs) > 1:
-            metrics[f"{key}_stderr"] = se
-    result = {"mode": mode, "split": split, "problems": len(ctx.eval_problems[split]),
-              "seeds": seeds, "metrics": metrics,
-              "per_problem": [run["problems"] for run in runs],
-              "seconds": time.perf_counter() - t0}
-    trees = runs[0].get("trees")
-    if trees is not None:
-        from rstar_jax.search.host_tree import save_trees
-        tmp = path.replace(".json", ".trees.jsonl") + ".tmp"
-        save_trees(trees, tmp, append=False)
-        os.replace(tmp, path.replace(".json", ".trees.jsonl"))
-    write_json_atomic(result, path)
-    ctx.log(f"  {mode} on {split}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()
-                                                 if not k.endswith("stderr")))
+    problems = ctx.eval_problems[split]
+    if ctx.process.multi:
+        rows, trees = _eval_shards(ctx, path, problems, seeds, fn)
+    else:
+        runs = [fn(seed, problems) for seed in seeds]
+        rows = [run["problems"] for run in runs]
+        trees = runs[0].get("trees")
+        if trees is not None:
+            trees = [t.to_record() for t in trees]
+    result = None
+    if ctx.process.is_main:
+        runs_metrics = [metrics_fn(r) for r in rows]
+        metrics = {}
+        for key in runs_metrics[0]:
+            mean, se = evaluate.mean_and_stderr([m[key] for m in runs_metrics])
+            metrics[key] = mean
+            if len(runs_metrics) > 1:
+                metrics[f"{key}_stderr"] = se
+        result = {"mode": mode, "split": split, "problems": len(problems),
+                  "seeds": seeds, "metrics": metrics, "per_problem": rows,
+                  "seconds": time.perf_counter() - t0}
+        if trees is not None:
+            _write_tree_records(trees, path.replace(".json", ".trees.jsonl"))
+        write_json_atomic(result, path)
+        for part in _eval_parts(path, ctx.process.count):
+            if os.path.exists(part):
+                os.remove(part)
+        ctx.log(f"  {mode} on {split}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()
+                                                     if not k.endswith("stderr")))
+    if ctx.process.multi:
+        ctx.barrier(f"{path}: written")
+        return read_json(path)
     return result
+
+
+def _write_tree_records(records: list[dict], path: str) -> None:
+    """Tree records as JSONL, atomically (the bytes `host_tree.save_trees` writes)."""
+    import json
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _eval_parts(path: str, count: int) -> list[str]:
+    base = path[:-len(".json")]
+    return [f"{base}.part{i:05d}-of-{count:05d}.json" for i in range(count)]
+
+
+def _eval_shards(ctx: Context, path: str, problems: list, seeds: list[int], fn):
+    """This process's shard of one evaluation unit, written to its part file (kept on a
+    rerun), then every part's rows merged in problem order: (rows per seed, tree records
+    of the first seed or None). Process 0 alone needs the merge, but every process reads
+    it the same way."""
+    from rstar_jax.search.shards import shard_positions
+    i, n = ctx.process.index, ctx.process.count
+    parts = _eval_parts(path, n)
+    if not os.path.isfile(parts[i]):
+        mine = [problems[j] for j in shard_positions(len(problems), i, n)]
+        runs = [fn(seed, mine) for seed in seeds]
+        trees = runs[0].get("trees")
+        write_json_atomic({"rows": [run["problems"] for run in runs],
+                           "trees": None if trees is None else [t.to_record() for t in trees]},
+                          parts[i], indent=None)
+    ctx.barrier(f"{path}: evaluated")
+    rows: list[list] = [[None] * len(problems) for _ in seeds]
+    trees: list | None = [None] * len(problems)
+    for k, part in enumerate(parts):
+        got = read_json(part)
+        positions = shard_positions(len(problems), k, n)
+        for r, run_rows in enumerate(got["rows"]):
+            for pos, row in zip(positions, run_rows, strict=True):
+                rows[r][pos] = row
+        if got["trees"] is None:
+            trees = None
+        elif trees is not None:
+            for pos, rec in zip(positions, got["trees"], strict=True):
+                trees[pos] = rec
+    return rows, trees
 
 
 def evaluate_policy(ctx: Context, unit: str, policy_dir: str, ppm_dir: str | None, *,
@@ -381,35 +500,43 @@ def evaluate_policy(ctx: Context, unit: str, policy_dir: str, ppm_dir: str | Non
     for split in e.greedy_splits:
         results[("greedy", split)] = run_eval_unit(
             ctx, out, "greedy", split,
-            lambda seed, s=split: evaluate.greedy(ctx.eval_problems[s], greedy_prop, ctx.executor,
-                                                  search, grading))
+            lambda seed, probs: evaluate.greedy(probs, greedy_prop, ctx.executor, search,
+                                                grading),
+            evaluate.pass1_metrics)
     if ppm_dir is None:
         return results
     scorer = ctx.models.scorer(ppm_dir)
 
-    def mcts_run(split, settings, n_values):
-        def fn(seed):
+    def mcts_run(settings, n_values):
+        def fn(seed, probs):
             prop = ctx.models.proposer(policy_dir, stop_tags=settings.stop_tags, seed=seed)
-            return evaluate.guided_mcts(ctx.eval_problems[split], prop, ctx.executor, settings,
-                                        grading, scorer=scorer, n_values=n_values)
+            return evaluate.guided_mcts(probs, prop, ctx.executor, settings, grading,
+                                        scorer=scorer, n_values=n_values)
         return fn
 
+    def mcts_scores(n_values):
+        return lambda rows: evaluate.mcts_metrics(rows, grading, n_values=n_values)
+
     for split in e.mcts_splits:
-        results[("mcts", split)] = run_eval_unit(ctx, out, "mcts", split,
-                                                 mcts_run(split, search, ()))
+        results[("mcts", split)] = run_eval_unit(ctx, out, "mcts", split, mcts_run(search, ()),
+                                                 mcts_scores(()))
     if scaling:
         n_max = max(e.scaling_n)
         deep = dataclasses.replace(search, num_rollouts=max(search.num_rollouts, n_max))
         for split in e.scaling_splits:
-            def sample_fn(seed, s=split):
+            def sample_fn(seed, probs):
                 prop = ctx.models.proposer(policy_dir, stop_tags=search.greedy.stop_tags,
                                            seed=seed)
-                return evaluate.sampled(ctx.eval_problems[s], prop, ctx.executor, search,
-                                        grading, n_values=e.scaling_n,
-                                        temperature=e.sample_temperature, scorer=scorer)
-            results[("sample", split)] = run_eval_unit(ctx, out, "sample", split, sample_fn)
+                return evaluate.sampled(probs, prop, ctx.executor, search, grading,
+                                        n_values=e.scaling_n, temperature=e.sample_temperature,
+                                        scorer=scorer)
+            results[("sample", split)] = run_eval_unit(
+                ctx, out, "sample", split, sample_fn,
+                lambda rows: evaluate.sampled_metrics(rows, grading, n_values=e.scaling_n,
+                                                      scored=True))
             results[("mcts_scaling", split)] = run_eval_unit(
-                ctx, out, "mcts_scaling", split, mcts_run(split, deep, e.scaling_n))
+                ctx, out, "mcts_scaling", split, mcts_run(deep, e.scaling_n),
+                mcts_scores(e.scaling_n))
     return results
 
 
