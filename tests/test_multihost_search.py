@@ -89,3 +89,25 @@ def test_multihost_search_killed_process_then_rerun(setup):
     ids = [r["index"] for r in got]
     assert ids == [f"p{a}" for a in range(NUM_PROBLEMS)]     # each problem once, in order
     assert got == lines(setup / "single.jsonl")
+
+
+def evaluate_cmd(root, out, *extra):
+    return multihost.script(
+        "evaluate.py", f"--policy={root / 'policy'}", f"--ppm={root / 'ppm'}",
+        f"--problems={root / 'problems.jsonl'}", f"--out={out}", "--modes=greedy,best_of_n,mcts",
+        "--n=2", "--seeds=2", f"--search_config={multihost.ROOT}/configs/search.py:eval_mcts",
+        f"--engine_config={multihost.ROOT}/configs/engine.py:tiny",
+        "--search_config.num_rollouts=2", "--search_config.num_children=2",
+        "--search_config.max_depth=3", "--executor_workers=1", "--executor_timeout_s=5",
+        *extra)
+
+
+def test_multihost_evaluate_equals_single_process(setup):
+    # Per-seed metrics of every mode, scored from the merged per-problem records.
+    single = setup / "eval_single.json"
+    multihost.run(evaluate_cmd(setup, single), 1, 2, setup / "logs_eval_single")
+    two = setup / "eval_two.json"
+    multihost.run(evaluate_cmd(setup, two), 2, 2, setup / "logs_eval_two")
+    got, want = json.loads(two.read_text()), json.loads(single.read_text())
+    assert got["results"] == want["results"]
+    assert set(got["results"]) == {"greedy", "best_of_n", "mcts"}

@@ -136,9 +136,11 @@ class EngineScorer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stats = dict(prefix_groups=0, prefix_prompts=0, prefix_tokens=0, full_prompts=0,
                           full_tokens=0)
+        self._rows_sharding = None
         if mesh is not None:
-            from rstar_jax.models.sharding import shard_params
+            from rstar_jax.models.sharding import batch_sharding, shard_params
             self.params = shard_params(ppm_params, mesh, rules)
+            self._rows_sharding = batch_sharding(mesh, 2, rules, batch_size)
         else:
             self.params = ppm_params
         rules_key = None if rules is None else tuple(sorted(rules.items()))
@@ -216,6 +218,10 @@ class EngineScorer:
             for r, i in enumerate(chunk):
                 tokens[r, : len(ids[i])] = ids[i]
                 mask[r, : len(ids[i])] = 1
+            if self._rows_sharding is not None and jax.process_count() > 1:
+                # In a multi-process run jit takes only jax.Arrays for sharded inputs, even
+                # on this process's own devices.
+                tokens, mask = jax.device_put((tokens, mask), self._rows_sharding)
             scores = np.asarray(jax.device_get(self._fn(self.params, tokens, mask)))
             out[chunk] = scores[: len(chunk)]
         self.stats["full_prompts"] += len(which)

@@ -65,6 +65,14 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
         raise ValueError(
             f"mesh data={shape[0]} x fsdp={shape[1]} x tensor={shape[2]} needs "
             f"{math.prod(shape)} devices, {len(devices)} available")
+    per_process: dict[int, int] = {}
+    for d in devices:
+        per_process[d.process_index] = per_process.get(d.process_index, 0) + 1
+    if len(per_process) > 1 and any(n % shape[2] for n in per_process.values()):
+        # The tensor axis all-reduces inside every layer: across hosts it would be slow.
+        raise ValueError(f"mesh tensor={shape[2]} must divide the devices of each process "
+                         f"({sorted(set(per_process.values()))}): tensor parallelism stays "
+                         "within a host; put data and fsdp across hosts")
     return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
                          devices=devices)
 
