@@ -456,9 +456,9 @@ def _eval_parts(path: str, count: int) -> list[str]:
 
 def _eval_shards(ctx: Context, path: str, problems: list, seeds: list[int], fn):
     """This process's shard of one evaluation unit, written to its part file (kept on a
-    rerun), then every part's rows merged in problem order: (rows per seed, tree records
-    of the first seed or None). Process 0 alone needs the merge, but every process reads
-    it the same way."""
+    rerun); then, on process 0 only (which removes the parts once the unit is written),
+    every part's rows merged in problem order: (rows per seed, tree records of the first
+    seed or None). Other processes get (None, None)."""
     from rstar_jax.search.shards import shard_positions
     i, n = ctx.process.index, ctx.process.count
     parts = _eval_parts(path, n)
@@ -470,6 +470,8 @@ def _eval_shards(ctx: Context, path: str, problems: list, seeds: list[int], fn):
                            "trees": None if trees is None else [t.to_record() for t in trees]},
                           parts[i], indent=None)
     ctx.barrier(f"{path}: evaluated")
+    if not ctx.process.is_main:
+        return None, None
     rows: list[list] = [[None] * len(problems) for _ in seeds]
     trees: list | None = [None] * len(problems)
     for k, part in enumerate(parts):
