@@ -21,10 +21,14 @@ from typing import Any, Mapping
 
 # Environment variables that mean "this command was started as one task of several".
 # jax.distributed.initialize() reads the same launchers' variables to find its peers.
+# SLURM counts only inside an srun step (SLURM_STEP_NODELIST, which JAX needs to find
+# the coordinator): a batch script's own shell also sees SLURM_NTASKS, and a command
+# run there directly is one process.
 _CLUSTER_SIZE_ENV = {
-    "SLURM": ("SLURM_NTASKS", "SLURM_NPROCS"),
+    "SLURM": ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"),
     "Open MPI": ("OMPI_COMM_WORLD_SIZE",),
 }
+_REQUIRED_ENV = {"SLURM": "SLURM_STEP_NODELIST"}
 MODES = ("auto", "on", "off")
 
 
@@ -49,12 +53,14 @@ def detected_cluster(environ: Mapping[str, str] | None = None) -> str | None:
     """The launcher that started several tasks of this command, or None."""
     env = os.environ if environ is None else environ
     for name, keys in _CLUSTER_SIZE_ENV.items():
-        for key in keys:
-            try:
-                if int(env.get(key, "1")) > 1:
-                    return name
-            except ValueError:
-                pass
+        if name in _REQUIRED_ENV and _REQUIRED_ENV[name] not in env:
+            continue
+        size = next((env[k] for k in keys if k in env), "1")   # the first one set decides
+        try:
+            if int(size) > 1:
+                return name
+        except ValueError:
+            pass
     hosts = env.get("TPU_WORKER_HOSTNAMES", "")
     if "," in hosts:
         return "Cloud TPU pod"

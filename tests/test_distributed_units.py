@@ -32,8 +32,10 @@ def test_good_flags_pass():
 
 @pytest.mark.parametrize("env, expected", [
     ({}, None),
-    ({"SLURM_NTASKS": "1"}, None),
-    ({"SLURM_NTASKS": "4"}, "SLURM"),
+    ({"SLURM_NTASKS": "1", "SLURM_STEP_NODELIST": "n1"}, None),
+    ({"SLURM_NTASKS": "4", "SLURM_STEP_NODELIST": "n[1-4]"}, "SLURM"),
+    ({"SLURM_NTASKS": "4"}, None),           # the batch script's own shell, not an srun step
+    ({"SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "1", "SLURM_STEP_NODELIST": "n1"}, None),
     ({"OMPI_COMM_WORLD_SIZE": "2"}, "Open MPI"),
     ({"TPU_WORKER_HOSTNAMES": "t0,t1"}, "Cloud TPU pod"),
     ({"TPU_WORKER_HOSTNAMES": "localhost"}, None),
