@@ -95,7 +95,7 @@ def evaluate_cmd(root, out, *extra):
     return multihost.script(
         "evaluate.py", f"--policy={root / 'policy'}", f"--ppm={root / 'ppm'}",
         f"--problems={root / 'problems.jsonl'}", f"--out={out}", "--modes=greedy,best_of_n,mcts",
-        "--n=2", "--seeds=2", f"--search_config={multihost.ROOT}/configs/search.py:eval_mcts",
+        "--n=2", "--seeds=1", f"--search_config={multihost.ROOT}/configs/search.py:eval_mcts",
         f"--engine_config={multihost.ROOT}/configs/engine.py:tiny",
         "--search_config.num_rollouts=2", "--search_config.num_children=2",
         "--search_config.max_depth=3", "--executor_workers=1", "--executor_timeout_s=5",
