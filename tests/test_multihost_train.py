@@ -2,18 +2,13 @@
 gives the parameters of one process with the same 4-device mesh, and a multi-host
 checkpoint resumes."""
 
-import json
-
 import numpy as np
 import pytest
-from flax import nnx
 from safetensors.numpy import load_file
 
-from rstar_jax.models import Qwen2Config, Qwen2ForCausalLM, save_pretrained
-from rstar_jax.models.tiny_tokenizer import build_tiny_tokenizer
-from rstar_jax.step_format import build_prompt
-from rstar_jax.train.metrics import read_metrics
 import multihost_fixtures as multihost
+from rstar_jax.train.metrics import read_metrics
+from train_fixtures import write_tiny_sft_run
 
 STEPS = 4
 
@@ -31,17 +26,7 @@ def sft_cmd(setup, out, max_steps):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("multihost_train")
-    tok = build_tiny_tokenizer(root / "init")
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      tie_word_embeddings=True)
-    save_pretrained(Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(0)), root / "init", tokenizer=tok)
-    rng = np.random.default_rng(0)
-    with open(root / "sft.jsonl", "w") as f:
-        for _ in range(24):
-            a, b = (int(x) for x in rng.integers(1, 99, 2))
-            f.write(json.dumps({"prompt": build_prompt(f"What is {a} + {b}?"),
-                                "response": f"<code>\nprint({a} + {b})\n<end_of_code>"}) + "\n")
+    write_tiny_sft_run(root, 24)
     single = root / "single"
     multihost.run(sft_cmd(root, single, STEPS), 1, 4, root / "logs_single")
     return root

@@ -1,7 +1,6 @@
 """SIGKILL during training, rerun: it resumes from the last checkpoint and ends with exactly
 the parameters of an uninterrupted run (same seed, CPU), data order included."""
 
-import json
 import os
 import signal
 import subprocess
@@ -10,13 +9,10 @@ import time
 
 import numpy as np
 import pytest
-from flax import nnx
 from safetensors.numpy import load_file
 
-from rstar_jax.models import Qwen2Config, Qwen2ForCausalLM, save_pretrained
-from rstar_jax.models.tiny_tokenizer import build_tiny_tokenizer
-from rstar_jax.step_format import build_prompt
 from rstar_jax.train.metrics import read_metrics
+from train_fixtures import write_tiny_sft_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 60        # 20 rows, batch 8 -> 3 steps per epoch (the last one partial), 20 epochs
@@ -40,17 +36,7 @@ def env():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    tok = build_tiny_tokenizer(root / "init")
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      tie_word_embeddings=True)
-    save_pretrained(Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(0)), root / "init", tokenizer=tok)
-    rng = np.random.default_rng(0)
-    with open(root / "sft.jsonl", "w") as f:
-        for _ in range(20):
-            a, b = (int(x) for x in rng.integers(1, 99, 2))
-            f.write(json.dumps({"prompt": build_prompt(f"What is {a} + {b}?"),
-                                "response": f"<code>\nprint({a} + {b})\n<end_of_code>"}) + "\n")
+    write_tiny_sft_run(root, 20)
     return root
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from rstar_jax.evolve import stages as st
 from rstar_jax.evolve.settings import RunSettings, as_dict
-from rstar_jax.evolve.workdir import Workdir, read_json, write_json_atomic
+from rstar_jax.evolve.workdir import Workdir, read_json
 
 
 class PlanError(ValueError):
@@ -190,12 +190,11 @@ def run(p: Prepared, *, log: Callable[[str], None] = print, process=None) -> dic
     wd = p.workdir
     if not process.is_main:
         log = _quiet
-    ctx_barrier = distributed.barrier if process.multi else (lambda name: None)
 
     def main_first(name: str, fn: Callable[[], Any]) -> Any:
         """Process 0 writes (or checks) a shared file, then the others check it."""
         out = fn() if process.is_main else None
-        ctx_barrier(name)
+        distributed.barrier(name)
         return out if process.is_main else fn()
 
     os.makedirs(wd.root, exist_ok=True)
@@ -221,7 +220,7 @@ def run(p: Prepared, *, log: Callable[[str], None] = print, process=None) -> dic
     rep = report.build(wd, p.settings, p.train_problems, p.eval_problems)
     if process.is_main:
         report.write(wd, rep, plots=p.settings.plots)
-    ctx_barrier("report")
+    distributed.barrier("report")
     log(f"report: {os.path.join(wd.root, 'report.md')}")
     return rep
 

@@ -440,12 +440,10 @@ def run_eval_unit(ctx: Context, out: str, mode: str, split: str,
 
 
 def _write_tree_records(records: list[dict], path: str) -> None:
-    """Tree records as JSONL, atomically (the bytes `host_tree.save_trees` writes)."""
-    import json
+    """Tree records as JSONL, atomically."""
+    from rstar_jax.search.host_tree import save_tree_records
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    save_tree_records(records, tmp, append=False)
     os.replace(tmp, path)
 
 

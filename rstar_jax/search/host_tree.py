@@ -305,11 +305,16 @@ def _gold_of(answer: Any, where: str) -> str | list[str] | None:
 
 def save_trees(trees: Iterable[SearchTree], path: str, *, append: bool = True) -> None:
     """Write trees as JSONL (one line each), flushing after every line."""
+    save_tree_records((t.to_record() for t in trees), path, append=append)
+
+
+def save_tree_records(records: Iterable[dict], path: str, *, append: bool = True) -> None:
+    """`save_trees` for trees already turned into records (`SearchTree.to_record`)."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     with open(path, "a" if append else "w", encoding="utf-8") as f:
-        for t in trees:
-            f.write(json.dumps(t.to_record(), ensure_ascii=False) + "\n")
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
 
 
