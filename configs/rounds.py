@@ -118,6 +118,9 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
         workers=12,            # pebble ProcessPool(max_workers=12) in the reference (§2.11)
         timeout_s=30.0,        # python_tool TIMEOUT_SECONDS = 30 (§3.4)
         memory_limit_mb=1024,  # ours: the reference has no memory limit
+        # Modules each worker imports once before forking programs; None: the executor's
+        # DEFAULT_PRELOAD (math, sympy, numpy, scipy, ...), so model code starts warm.
+        preload=None,
     ))
     c.data = data_config.get_config()
     c.eval = ml_collections.ConfigDict()

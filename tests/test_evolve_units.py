@@ -85,6 +85,7 @@ def test_paper_configs_follow_the_paper():
     (lambda c: c.problems.train.chain_sum.update(size=0), "size >= 1"),
     (lambda c: c.bootstrap.update(mistake_rate=2.0), "mistake_rate must be in [0, 1]"),
     (lambda c: c.rounds.round1.sft.update(batch_size=0), "config.rounds.round1.sft.batch_size"),
+    (lambda c: c.executor.update(preload=("math", "")), "config.executor.preload must be None"),
 ])
 def test_run_settings_name_the_bad_field(edit, message):
     c = tiny_config()

@@ -146,8 +146,14 @@ class RunSettings:
 
         EngineSettings.from_config(c["engine"], f"{where}.engine")
         ex = c["executor"]
-        _fields(ex, f"{where}.executor", ("workers", "timeout_s", "memory_limit_mb"))
+        _fields(ex, f"{where}.executor", ("workers", "timeout_s", "memory_limit_mb"),
+                ("preload",))
         _int(ex["workers"], f"{where}.executor.workers", 1)
+        preload = ex.get("preload")
+        if preload is not None and (isinstance(preload, str) or not all(
+                isinstance(m, str) and m for m in preload)):
+            raise ValueError(f"{where}.executor.preload must be None (the executor's default) "
+                             f"or a list of module names, got {preload!r}")
         _int(ex["memory_limit_mb"], f"{where}.executor.memory_limit_mb", 16)
         if not isinstance(ex["timeout_s"], (int, float)) or ex["timeout_s"] <= 0:
             raise ValueError(f"{where}.executor.timeout_s must be > 0, got {ex['timeout_s']!r}")

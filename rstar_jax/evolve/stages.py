@@ -70,8 +70,9 @@ class Context:
         if self._executor is None:
             from rstar_jax.verify.executor import PythonExecutor
             ex = self.settings.executor
+            preload = {} if ex.get("preload") is None else {"preload": tuple(ex["preload"])}
             self._executor = PythonExecutor(ex["workers"], timeout_s=float(ex["timeout_s"]),
-                                            memory_limit_mb=int(ex["memory_limit_mb"]))
+                                            memory_limit_mb=int(ex["memory_limit_mb"]), **preload)
         return self._executor
 
     def close(self) -> None:
