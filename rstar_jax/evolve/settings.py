@@ -150,7 +150,7 @@ class RunSettings:
                 ("preload",))
         _int(ex["workers"], f"{where}.executor.workers", 1)
         preload = ex.get("preload")
-        if preload is not None and (isinstance(preload, str) or not all(
+        if preload is not None and (not isinstance(preload, (list, tuple)) or not all(
                 isinstance(m, str) and m for m in preload)):
             raise ValueError(f"{where}.executor.preload must be None (the executor's default) "
                              f"or a list of module names, got {preload!r}")
