@@ -102,7 +102,7 @@ def build(policy_dir: str, ppm_dir: str | None, engine_cfg):
         scorer = EngineScorer(params_of(ppm), ppm.cfg, load_tokenizer(ppm_dir),
                               batch_size=engine_cfg.score_batch,
                               min_len=engine_cfg.score_min_len, max_len=engine_cfg.max_seq_len,
-                              mesh=mesh)
+                              mesh=mesh, group_size=engine_cfg.score_group_size)
     return proposer, scorer, tok
 
 

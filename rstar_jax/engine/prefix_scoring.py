@@ -194,22 +194,30 @@ class PackedGroups:
 
 
 def pack_groups(ids: Sequence[Sequence[int]], groups: Sequence[PrefixGroup], *, max_rows: int,
-                min_prefix_bucket: int, min_child_bucket: int, pad_id: int) -> list[PackedGroups]:
-    """Batches of groups for `prefix_scores`, every axis padded to a power of two.
+                min_prefix_bucket: int, min_child_bucket: int, pad_id: int,
+                group_size: int = 0) -> list[PackedGroups]:
+    """Batches of groups for `prefix_scores`, the P and C axes padded to powers of two.
 
-    Groups are taken in order of size so that a call's K bucket fits its groups tightly;
-    a call holds at most max(1, max_rows // K) groups (B * K children rows in all).
+    group_size 0: a call's K is the power of two that holds its smallest group, and its
+    B the power of two that holds its groups, at most max(1, max_rows // K) of them.
+    group_size k: every call is [max(1, max_rows // k), k] children rows, and a group of
+    more than k prompts is split into groups of k over the same prefix. Each distinct
+    (B, K, P, C) compiles once (~1.7 s for the tiny model on a 2-core CPU); fixing B and
+    K leaves only the P x C buckets, at the price of padding rows in small calls.
     """
+    if group_size:
+        groups = [PrefixGroup(g.members[i: i + group_size], g.prefix_len)
+                  for g in groups for i in range(0, len(g.members), group_size)]
     out = []
     todo = sorted(groups, key=lambda g: (len(g.members), g.prefix_len))
     while todo:
-        k = pow2_at_least(len(todo[0].members), 1)
+        k = group_size or pow2_at_least(len(todo[0].members), 1)
         fit = [g for g in todo if len(g.members) <= k]
         per_call = 1 << (max(1, max_rows // k).bit_length() - 1)   # a power of two
         batch = fit[:per_call]
         taken = {id(g) for g in batch}
         todo = [g for g in todo if id(g) not in taken]
-        b = pow2_at_least(len(batch), 1)
+        b = per_call if group_size else pow2_at_least(len(batch), 1)
         p = pow2_at_least(max(g.prefix_len for g in batch), min_prefix_bucket)
         c = pow2_at_least(max(len(ids[m]) - g.prefix_len for g in batch for m in g.members),
                           min_child_bucket)

@@ -121,18 +121,23 @@ class EngineScorer:
     and only each prompt's own tail against its keys and values (prefix_scoring.py); the
     K children of one node, which MCTS scores together, share question + steps so far.
     Prompts that share nothing are re-encoded whole. False always re-encodes whole (the
-    baseline benchmarks and tests compare against). `stats` counts prompts and tokens
-    encoded by each path.
+    baseline benchmarks and tests compare against). group_size: 0 sizes each prefix call
+    to its groups; k > 0 makes every call [batch_size // k, k] children rows, so only the
+    prefix and child length buckets compile (`prefix_scoring.pack_groups`). `stats`
+    counts prompts and tokens encoded by each path.
     """
 
     def __init__(self, ppm_params: dict, cfg: Qwen2Config, tokenizer, *, batch_size: int = 64,
                  min_len: int = 64, max_len: int = 4096, mesh=None, rules: Mapping | None = None,
-                 prefix_reuse: bool = True, min_prefix: int = 16):
+                 prefix_reuse: bool = True, min_prefix: int = 16, group_size: int = 0):
         from rstar_jax.engine import prefix_scoring
         self._groups = prefix_scoring
         self.cfg, self.tokenizer = cfg, tokenizer
         self.batch_size, self.min_len, self.max_len = batch_size, min_len, max_len
         self.prefix_reuse, self.min_prefix = prefix_reuse, max(1, min_prefix)
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 0:
+            raise ValueError(f"scorer: group_size must be an integer >= 0, got {group_size!r}")
+        self.group_size = min(group_size, batch_size)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stats = dict(prefix_groups=0, prefix_prompts=0, prefix_tokens=0, full_prompts=0,
                           full_tokens=0)
@@ -195,7 +200,7 @@ class EngineScorer:
     def _score_groups(self, ids: list[list[int]], groups: list, out: np.ndarray) -> None:
         packs = self._groups.pack_groups(
             ids, groups, max_rows=self.batch_size, min_prefix_bucket=self.min_len,
-            min_child_bucket=8, pad_id=self.pad_id)
+            min_child_bucket=8, pad_id=self.pad_id, group_size=self.group_size)
         for pk in packs:
             scores = np.asarray(jax.device_get(self._prefix_fn(
                 self.params, pk.prefix_ids, pk.prefix_len, pk.child_ids, pk.child_len)))

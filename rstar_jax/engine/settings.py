@@ -41,6 +41,7 @@ class EngineSettings:
     stop_on_eos: bool
     score_min_len: int
     score_batch: int
+    score_group_size: int
     mesh: MeshSettings
 
     @classmethod
@@ -52,6 +53,7 @@ class EngineSettings:
         for name in ("slots", "max_seq_len", "max_new_tokens", "steps_per_call", "kv_bucket",
                      "prefill_len_bucket", "prefill_batch", "score_min_len", "score_batch"):
             _int_at_least(where, name, c[name], 1)
+        _int_at_least(where, "score_group_size", c["score_group_size"], 0)
         if c["max_new_tokens"] >= c["max_seq_len"]:
             raise ValueError(f"{where}.max_new_tokens ({c['max_new_tokens']}) must be below "
                              f"{where}.max_seq_len ({c['max_seq_len']}): prompts need room")

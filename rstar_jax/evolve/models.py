@@ -62,7 +62,7 @@ class ModelCache:
             self._scorers = {ppm_dir: EngineScorer(
                 params_of(ppm), ppm.cfg, self.tokenizer, batch_size=self.settings.score_batch,
                 min_len=self.settings.score_min_len, max_len=self.settings.max_seq_len,
-                mesh=self.mesh)}
+                mesh=self.mesh, group_size=self.settings.score_group_size)}
         return self._scorers[ppm_dir]
 
     def release(self) -> None:
