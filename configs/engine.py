@@ -53,10 +53,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # PPM scoring pads prompts to a power-of-two length >= this (bounded recompiles).
     c.score_min_len = 64
     c.score_batch = 64
-    # Siblings per prefix-scoring call row group (engine/prefix_scoring.py): every call is
-    # [score_batch // k, k] children, so only length buckets compile; 16 holds the paper's
-    # 12 children of a node (a larger set, e.g. best-of-N samples of one question, is
-    # split over the same prefix). 0 sizes each call to its groups (more shapes).
+    # Siblings per prefix-scoring group (engine/prefix_scoring.py): every call holds k
+    # children per group and 1, 2, 4 .. score_batch // k groups, so few shapes compile;
+    # 16 holds the paper's 12 children of a node (a larger set, e.g. best-of-N samples of
+    # one question, is split over the same prefix). 0 sizes each call to its groups (more shapes).
     c.score_group_size = 16
     # Mesh: slots over data x fsdp, KV heads over tensor (models/sharding.py rules).
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -200,10 +200,13 @@ def pack_groups(ids: Sequence[Sequence[int]], groups: Sequence[PrefixGroup], *, 
 
     group_size 0: a call's K is the power of two that holds its smallest group, and its
     B the power of two that holds its groups, at most max(1, max_rows // K) of them.
-    group_size k: every call is [max(1, max_rows // k), k] children rows, and a group of
-    more than k prompts is split into groups of k over the same prefix. Each distinct
-    (B, K, P, C) compiles once (~1.7 s for the tiny model on a 2-core CPU); fixing B and
-    K leaves only the P x C buckets, at the price of padding rows in small calls.
+    group_size k: every call has K = k, and a group of more than k prompts is split into
+    groups of k over the same prefix; B is again the power of two that holds the call's
+    groups, at most max(1, max_rows // k). Each distinct (B, K, P, C) compiles once
+    (~1.7 s for the tiny model on a 2-core CPU), so fixing K leaves log2(max_rows / k) + 1
+    B values times the P x C buckets. B is not fixed as well: a call's cost grows with its
+    rows (tiny model, P = 512: 76 ms at B = 1, 1.03 s at B = 16), so padding a search's
+    last few groups to a full call cost more than the compiles it saved.
     """
     if group_size:
         groups = [PrefixGroup(g.members[i: i + group_size], g.prefix_len)
@@ -217,7 +220,7 @@ def pack_groups(ids: Sequence[Sequence[int]], groups: Sequence[PrefixGroup], *, 
         batch = fit[:per_call]
         taken = {id(g) for g in batch}
         todo = [g for g in todo if id(g) not in taken]
-        b = per_call if group_size else pow2_at_least(len(batch), 1)
+        b = pow2_at_least(len(batch), 1)
         p = pow2_at_least(max(g.prefix_len for g in batch), min_prefix_bucket)
         c = pow2_at_least(max(len(ids[m]) - g.prefix_len for g in batch for m in g.members),
                           min_child_bucket)

@@ -122,8 +122,9 @@ class EngineScorer:
     K children of one node, which MCTS scores together, share question + steps so far.
     Prompts that share nothing are re-encoded whole. False always re-encodes whole (the
     baseline benchmarks and tests compare against). group_size: 0 sizes each prefix call
-    to its groups; k > 0 makes every call [batch_size // k, k] children rows, so only the
-    prefix and child length buckets compile (`prefix_scoring.pack_groups`). `stats`
+    to its groups; k > 0 gives every call k children per group (larger sibling sets split
+    over the same prefix) and a power-of-two number of groups up to batch_size // k, so
+    few shapes compile (`prefix_scoring.pack_groups`). `stats`
     counts prompts and tokens encoded by each path.
     """
 
