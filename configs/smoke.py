@@ -31,6 +31,7 @@ def get_config():
         r.sft.batch_size = 16
         r.sft.micro_batch_size = 16
         r.sft.bucket_lengths = (256,)          # one compiled step shape
+        r.ppm.max_length = 256               # = engine.max_seq_len here
         r.ppm.bucket_lengths = (256,)
         r.sft.log_every = 5
         r.ppm.epochs = 1

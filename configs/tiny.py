@@ -111,6 +111,11 @@ def get_config():
     # Tiny steps are short: "total = total + 7" vs "- 7" differ by a few characters, so
     # the reference's 20-character edit distance would drop every pair (§4.3).
     c.data.ppm.min_edit_distance = 2
+    # Step pairs never end at an answer step (answer steps do not branch, reference §2.4),
+    # yet eval MCTS and best-of-N rank whole trajectories by the PPM's score at the answer:
+    # with step pairs only, round 4's PPM scored answers near-constant (0.003-0.02) and its
+    # best-of-16 fell to 8.8%. The paper's final-answer pairs (§3.3) train that score.
+    c.data.ppm.final_step_pairs = True
     c.eval.greedy_splits = ("eval_easy", "eval_hard")
     c.eval.mcts_splits = ("eval_hard",)
     c.eval.search = _tiny_search("eval_mcts")
@@ -172,8 +177,10 @@ def _tiny_round(k: int) -> ml_collections.ConfigDict:
     r.ppm.micro_batch_size = 8
     r.ppm.group_by_length = True
     r.ppm.eval_batch_size = 32
-    r.ppm.max_length = 256
-    r.ppm.bucket_lengths = (128, 160, 192, 224, 256)
+    # Final-answer pairs are whole trajectories: train on as much as the search scores
+    # (engine.max_seq_len) rather than cutting off their answers.
+    r.ppm.max_length = 384
+    r.ppm.bucket_lengths = (128, 160, 192, 224, 256, 320, 384)
     r.ppm.checkpoint.save_every = 100
     # Rounds 2-4 continue from the previous round's policy (paper: from the base model
     # each round); it saves CPU time, and the control gets the same number of steps.
