@@ -64,3 +64,24 @@ def test_tiny_tokenizer_round_trips_step_text(tmp_path):
     assert tok.decode(ids) == text
     assert ids[0] == step_token_ids(tok)["<code>"]
     assert load_tokenizer(tmp_path).encode(text, add_special_tokens=False) == ids
+
+
+@pytest.mark.parametrize("kind", ["tiny", "plain", "truncating"])
+def test_encode_many_equals_encode_per_text(tmp_path, kind):
+    """The batched backend path gives exactly the ids of `tokenizer.encode` per text,
+    step tags and empty texts included; a backend with truncation set falls back."""
+    from rstar_jax.models.tokenizer import encode_many
+    if kind == "plain":
+        tok = load_tokenizer(_plain_tokenizer_dir(tmp_path)[0])
+    else:
+        tok = build_tiny_tokenizer(tmp_path, split_digits=True)
+    if kind == "truncating":
+        tok._tokenizer.enable_truncation(max_length=4)
+    texts = ["What is 17 + 25 - 3?\n<code>\n# Step 1: add\nx = 17 + 25\nprint(x)\n<end_of_step>",
+             "", "x = 3<end_of_code><output>3<end_of_output>", "print ( x )\n\n<answer>42</answer>",
+             "  leading spaces and\ttabs ", "<end_of_answer>"]
+    got = encode_many(tok, texts)     # first: `tokenizer.encode` clears backend truncation
+    want = [tok.encode(t, add_special_tokens=False) for t in texts]
+    assert got == want
+    assert max(len(w) for w in want) > 4
+    assert encode_many(tok, []) == []

@@ -17,7 +17,7 @@ import numpy as np
 from rstar_jax.engine.scheduler import Completion, GenerationEngine, Request, pow2_at_least
 from rstar_jax.models.config import Qwen2Config
 from rstar_jax.models.qwen2 import forward_scores
-from rstar_jax.models.tokenizer import step_token_ids
+from rstar_jax.models.tokenizer import encode_many, step_token_ids
 from rstar_jax.step_format import STOP_TAGS
 
 
@@ -67,8 +67,7 @@ class EngineProposer:
         The search sets aside a node whose prompt no longer fits instead of failing.
         """
         out = []
-        for p in prompts:
-            ids = self.tokenizer.encode(p, add_special_tokens=False)
+        for p, ids in zip(prompts, encode_many(self.tokenizer, prompts)):
             self._encoded[p] = ids      # complete() reuses it (the search asks, then sends)
             out.append(0 < len(ids) < self.engine.max_len)
         return out
@@ -83,6 +82,8 @@ class EngineProposer:
     def complete(self, prompts: Sequence[str], num_samples: int,
                  temperature: float) -> list[list[Completion]]:
         """Completions with text, token ids and stop reason."""
+        missing = [p for p in prompts if p not in self._encoded]
+        self._encoded.update(zip(missing, encode_many(self.tokenizer, missing)))
         requests = []
         for p in prompts:
             ids = self._encode(p)
@@ -234,5 +235,4 @@ class EngineScorer:
         self.stats["full_tokens"] += sum(len(ids[i]) for i in which)
 
     def score(self, prompts: Sequence[str]) -> list[float]:
-        return self.score_ids([self.tokenizer.encode(p, add_special_tokens=False)
-                               for p in prompts])
+        return self.score_ids(encode_many(self.tokenizer, prompts))

